@@ -1,0 +1,1 @@
+"""Evaluation of trained trials (lm-eval integration, offline tasks, reports)."""

@@ -1,0 +1,1 @@
+"""Orchestration: the command line, sweep planning, Optuna search, Ray scheduling, MLflow."""

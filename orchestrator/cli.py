@@ -1,0 +1,74 @@
+"""The ``qsweep`` command line.
+
+Exit codes: 0 success; 1 a runtime failure (unreachable hub, bad data, failed download);
+2 invalid configuration (reported before anything loads); 3 a trial that ended with a
+non-finite loss; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_NAN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (progress bars, optional-kernel notices) out of our output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from orchestrator.commands import assets, train
+
+    parser = argparse.ArgumentParser(
+        prog="qsweep",
+        description="QLoRA ablation sweeps: train, evaluate and record 4-bit fine-tuning trials.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (train, assets):
+        module.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``qsweep`` console script."""
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    from orchestrator.console import configure_logging, print_error
+
+    configure_logging(verbose=args.verbose)
+    from trainers.assets import AssetError
+    from trainers.config_loading import ConfigError
+    from trainers.data_recipes import DataError
+    from trainers.hub import HubUnavailable
+    from trainers.loop import ResumeMismatch
+    from trainers.model import ModelSetupError
+
+    try:
+        return args.handler(args)
+    except (ConfigError, ModelSetupError, ResumeMismatch) as err:
+        print_error(str(err))
+        return EXIT_CONFIG
+    except (DataError, HubUnavailable, AssetError) as err:
+        print_error(str(err))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

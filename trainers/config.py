@@ -1,0 +1,341 @@
+"""Typed configuration of one QLoRA trial.
+
+A trial config has five sections: ``model``, ``quant``, ``lora``, ``train`` and ``data``.
+Defaults follow the QLoRA paper (Dettmers et al. 2023): NF4 with double quantization, bf16
+compute, LoRA r=64 / alpha=16 on all linear layers, paged AdamW 32-bit, constant learning
+rate 2e-4, max grad norm 0.3, loss on the response only.
+
+Load one from YAML with :func:`trainers.config_loading.load_trial_config`; every problem is
+reported with its key path before any model loads. Example::
+
+    qsweep train configs/trial/smollm2-offline.yaml lora.r=16 quant.type=fp4
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from trainers.assets import ASSETS
+from trainers.data_recipes import RECIPES, TEMPLATES
+
+Precision = Literal["bf16", "fp16", "fp32"]
+
+TARGET_MODULE_PRESETS = ("attention", "mlp", "all-linear")
+"""LoRA target presets: attention projections, MLP projections, or every linear layer."""
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class ConfigProblems(ValueError):
+    """Problems found by a section's own checks, each as (key inside the section, message).
+
+    Raised from section validators so that the loader can report each problem under its
+    full key path (``quant.type``) rather than under the section (``quant``).
+    """
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{key}: {message}" for key, message in problems))
+
+
+def _raise_if(problems: list[tuple[str, str]]) -> None:
+    if problems:
+        raise ConfigProblems(problems)
+
+
+def looks_like_local_path(name: str) -> bool:
+    """True for names written as filesystem paths (``/x``, ``./x``, ``../x``, ``~/x``)."""
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ModelConfig(_Section):
+    """The base model that is quantized and adapted."""
+
+    name: str
+    """Offline asset name (``qsweep assets list``), Hugging Face id, or local directory."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of a Hugging Face model."""
+    dtype: Precision = "bf16"
+    """dtype of the weights that stay unquantized (embeddings, norms, 16-bit baseline)."""
+    trust_remote_code: bool = False
+    """Run model code shipped with a hub checkpoint. Off unless you trust its author."""
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        name = name.strip()
+        if not name:
+            raise ValueError("must not be empty")
+        if name in ASSETS:
+            return name
+        if looks_like_local_path(name):
+            path = Path(name).expanduser()
+            if not path.is_dir():
+                raise ValueError(f"local model directory {name!r} does not exist")
+            if not (path / "config.json").is_file():
+                raise ValueError(f"{name!r} has no config.json: not a model directory")
+            return name
+        if not _HUB_ID.match(name):
+            known = ", ".join(sorted(ASSETS))
+            raise ValueError(f"{name!r} is neither an offline asset ({known}), a local path "
+                             "(start it with ./ or /), nor a hub id like 'org/model'")
+        return name
+
+    @model_validator(mode="after")
+    def _check_revision(self) -> ModelConfig:
+        if self.revision is not None and (self.name in ASSETS or looks_like_local_path(self.name)):
+            raise ConfigProblems([("revision", "only applies to Hugging Face hub models")])
+        return self
+
+
+class QuantConfig(_Section):
+    """How the frozen base model is stored: 4-bit (QLoRA), 8-bit, or 16-bit (plain LoRA)."""
+
+    bits: Literal[4, 8, 16] = 4
+    """Storage bits of the base model's linear layers; 16 is the plain LoRA baseline."""
+    type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type: NormalFloat4 or Float4 (E2M1). Ignored (must not be fp4) for 8/16 bits."""
+    double_quant: bool = True
+    """Quantize the quantization constants too (saves about 0.37 bits/parameter). 4-bit only."""
+    compute_dtype: Precision = "bf16"
+    """dtype of the matrix multiplications (and of autocast during training)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> QuantConfig:
+        # FP4 is a 4-bit format, so asking for it with 8 or 16 bits is a contradiction. The
+        # defaults (nf4, double_quant) are simply ignored there, which lets `quant.bits=16`
+        # turn any 4-bit config into the 16-bit baseline from the command line.
+        if self.bits != 4 and self.type == "fp4":
+            raise ConfigProblems(
+                [("type", f"'fp4' is a 4-bit data type, but quant.bits is {self.bits}")]
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        """Short data-type label as the paper writes it: ``NF4+DQ``, ``FP4``, ``16-bit``."""
+        if self.bits == 16:
+            return "16-bit"
+        if self.bits == 8:
+            return "Int8"
+        return self.type.upper() + ("+DQ" if self.double_quant else "")
+
+
+class LoraConfig(_Section):
+    """The LoRA adapters that are trained on top of the frozen base."""
+
+    r: int = Field(64, gt=0)
+    """Rank of each adapter."""
+    alpha: float = Field(16, gt=0)
+    """Scaling numerator: the adapter output is multiplied by alpha / r."""
+    dropout: float = Field(0.1, ge=0, lt=1)
+    """Dropout on the adapter input (paper: 0.1 up to 13B, 0.05 above)."""
+    target_modules: str | list[str] = "all-linear"
+    """A preset (attention, mlp, all-linear) or a list of module names such as [q_proj, v_proj]."""
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _check_targets(cls, value: Any) -> Any:
+        presets = ", ".join(TARGET_MODULE_PRESETS)
+        if isinstance(value, str):
+            if value not in TARGET_MODULE_PRESETS:
+                raise ValueError(
+                    f"unknown preset {value!r}; use one of {presets} or a list of module names"
+                )
+            return value
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise ValueError("must name at least one module")
+            bad = [v for v in value if not isinstance(v, str) or not v.strip()]
+            if bad:
+                raise ValueError(f"module names must be non-empty strings, got {bad!r}")
+            return list(value)
+        raise ValueError(f"must be a preset ({presets}) or a list of module names, got {value!r}")
+
+
+class TrainConfig(_Section):
+    """The optimization loop."""
+
+    max_steps: int = Field(10_000, gt=0)
+    """Optimizer steps (paper: 10,000 for 7B/13B on Alpaca and FLAN)."""
+    micro_batch_size: int = Field(1, gt=0)
+    """Sequences per forward/backward pass."""
+    grad_accum_steps: int = Field(16, gt=0)
+    """Micro-batches per optimizer step; the batch is micro_batch_size x grad_accum_steps."""
+    learning_rate: float = Field(2e-4, gt=0)
+    """Peak learning rate (paper: 2e-4 for 7B/13B, 1e-4 above)."""
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Learning-rate schedule after warmup."""
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    """Fraction of max_steps spent in linear warmup."""
+    weight_decay: float = Field(0.0, ge=0)
+    """Decoupled weight decay of AdamW on the adapter weights."""
+    adam_beta2: float = Field(0.999, gt=0, lt=1)
+    """AdamW second-moment decay."""
+    max_grad_norm: float = Field(0.3, ge=0)
+    """Clip the global gradient norm to this value; 0 turns clipping off."""
+    optimizer: Literal["adamw", "paged_adamw_32bit", "paged_adamw_8bit"] = "paged_adamw_32bit"
+    """adamw (torch, fused on CUDA) or bitsandbytes' paged AdamW with 32- or 8-bit state."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass: less memory, about 30% slower."""
+    max_source_length: int = Field(384, gt=0)
+    """Prompt tokens kept per example (truncated on the right)."""
+    max_target_length: int = Field(128, gt=0)
+    """Response tokens kept per example."""
+    response_only_loss: bool = True
+    """Train on response tokens only, as the paper does; false trains on the prompt too."""
+    seed: int = Field(0, ge=0)
+    """Seed of adapter initialization, dropout and data order."""
+    checkpoint_every: int = Field(250, ge=0)
+    """Save a resumable checkpoint every N optimizer steps; 0 saves none."""
+    keep_checkpoints: int = Field(2, gt=0)
+    """How many of the newest checkpoints to keep."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu, cuda or cuda:N."""
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @property
+    def batch_size(self) -> int:
+        """Sequences per optimizer step."""
+        return self.micro_batch_size * self.grad_accum_steps
+
+
+class DataConfig(_Section):
+    """The fine-tuning data: a built-in recipe or a local JSONL/CSV file."""
+
+    name: str | None = None
+    """Built-in recipe (alpaca, oasst1, self-instruct, longform, chip2, flan_v2, mmlu-heldout)."""
+    path: Path | None = None
+    """Local JSONL or CSV file (relative to the working directory)."""
+    split: str = "train"
+    """Split of a hub dataset."""
+    template: str | None = None
+    """Prompt template: alpaca, plain, chat, or a format string over the record's fields
+    such as 'Question: {question}\\nAnswer:'. Default: the recipe's own."""
+    prompt_field: str = "prompt"
+    """Field of a local file that holds the prompt (used by the plain and chat templates)."""
+    response_field: str = "response"
+    """Field of a local file that holds the response the model learns to produce."""
+    limit: int | None = Field(None, gt=0)
+    """Use at most this many examples (the first ones, before shuffling)."""
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str | None) -> str | None:
+        if name is not None and name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
+        return name
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        if not path.expanduser().is_file():
+            raise ValueError(f"file {str(path)!r} does not exist")
+        if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
+            raise ValueError(f"must be a .jsonl, .json or .csv file, got {path.name!r}")
+        return path
+
+    @field_validator("template")
+    @classmethod
+    def _check_template(cls, template: str | None) -> str | None:
+        problem = template_problem(template) if template is not None else None
+        if problem:
+            raise ValueError(problem)
+        return template
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DataConfig:
+        recipe = RECIPES.get(self.name) if self.name else None
+        if self.name is None and self.path is None:
+            raise ConfigProblems([("name", "give a recipe name or data.path (a local JSONL/CSV file)")])
+        if recipe is not None and recipe.needs_path and self.path is None:
+            raise ConfigProblems([("path", f"recipe {self.name!r} reads a local file: {recipe.path_hint}")])
+        if recipe is not None and not recipe.needs_path and self.path is not None:
+            raise ConfigProblems([("path", f"recipe {self.name!r} does not read a local file")])
+        return self
+
+
+def template_problem(template: str) -> str | None:
+    """Why ``template`` is neither a named template nor a usable format string, or None."""
+    if template in TEMPLATES:
+        return None
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as err:
+        return f"not a valid format string ({err}): {template!r}"
+    if not fields:
+        names = ", ".join(sorted(TEMPLATES))
+        return (f"unknown template {template!r}; use one of {names} or a format string "
+                "with {field} placeholders")
+    if any(not f.isidentifier() for f in fields):
+        return f"placeholders must be plain field names, got {fields!r}"
+    return None
+
+
+class TrialConfig(BaseModel):
+    """Everything one trial needs: the resolved YAML plus command-line overrides."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    model: ModelConfig
+    """The base model."""
+    quant: QuantConfig = QuantConfig()
+    """Quantization of the base."""
+    lora: LoraConfig = LoraConfig()
+    """The trained adapters."""
+    train: TrainConfig = TrainConfig()
+    """The optimization loop."""
+    data: DataConfig
+    """The fine-tuning data."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain YAML/JSON-able data."""
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to values (``{"lora.r": 64, ...}``), as MLflow params are named."""
+        flat: dict[str, Any] = {}
+        for section, values in self.to_dict().items():
+            for key, value in values.items():
+                flat[f"{section}.{key}"] = value
+        return flat
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that define what the trial computes.
+
+        Settings that cannot matter are left out, so that configs which train the same
+        thing share one hash: the 4-bit type and double quantization of a 16- or 8-bit
+        base, the checkpoint cadence, and the device.
+        """
+        values = self.to_dict()
+        if self.quant.bits != 4:
+            values["quant"].pop("type")
+            values["quant"].pop("double_quant")
+        for key in ("checkpoint_every", "keep_checkpoints", "device"):
+            values["train"].pop(key)
+        return values
+
+    def content_hash(self) -> str:
+        """sha256 (hex) of :meth:`identity`: the trial's identity across machines and runs."""
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()

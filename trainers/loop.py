@@ -1,0 +1,216 @@
+"""One trial's training: ``train(config, workdir, on_step) -> TrainResult``.
+
+A plain function, as the orchestrator needs it: no Ray, Optuna or MLflow in here. Metrics
+leave through ``on_step``; checkpoints go to ``workdir/checkpoints`` and the final adapter to
+``workdir/adapter``. With ``resume=True`` (the default) a run continues from the newest
+checkpoint in ``workdir`` and produces the same losses as an uninterrupted run.
+
+A non-finite loss or gradient ends the run with ``status="nan"``, not with an exception; any
+other failure (out of memory, a bad file) is raised to the caller.
+
+Layers: :func:`prepare` loads data and model (the expensive, fallible setup), :func:`fit`
+runs the loop on them, :func:`train` does both. Evaluation reuses ``prepare``'s model in
+memory. Example::
+
+    qsweep train configs/trial/smollm2-offline.yaml train.max_steps=20
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trainers import checkpoint as ckpt
+from trainers.config import TrialConfig
+from trainers.data_recipes import load_records
+from trainers.examples import IGNORE_INDEX, BatchOrder, Example, collate, tokenize
+from trainers.metrics import MemoryMeter, StepMetrics, TrainResult
+from trainers.model import (
+    DTYPES,
+    QLoRAModel,
+    check_targets,
+    load_qlora_model,
+    load_tokenizer,
+    model_source,
+    resolve_device,
+)
+from trainers.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("qsweep")
+
+StepCallback = Callable[[StepMetrics], None]
+
+
+class ResumeMismatch(Exception):
+    """The checkpoint in the work directory was written by a different configuration."""
+
+
+@dataclass
+class TrainingSetup:
+    """What :func:`prepare` loads: the trainable model and the tokenized examples."""
+
+    qlora: QLoRAModel
+    examples: list[Example]
+
+
+def prepare(cfg: TrialConfig) -> TrainingSetup:
+    """Resolve and check everything cheap first, then load data and the quantized model."""
+    device = resolve_device(cfg.train.device)
+    source = model_source(cfg.model)
+    targets = check_targets(source, cfg)
+    tokenizer = load_tokenizer(source, cfg.model)
+    examples = tokenize(load_records(cfg.data), tokenizer, cfg)
+    log.info("data: %d examples", len(examples))
+    qlora = load_qlora_model(cfg, device, source=source, targets=targets)
+    return TrainingSetup(qlora=qlora, examples=examples)
+
+
+def train(cfg: TrialConfig, workdir: Path, on_step: StepCallback | None = None, *,
+          resume: bool = True) -> TrainResult:
+    """Prepare and fit: train one trial from its config. See the module docstring."""
+    return fit(prepare(cfg), cfg, workdir, on_step, resume=resume)
+
+
+def fit(setup: TrainingSetup, cfg: TrialConfig, workdir: Path,
+        on_step: StepCallback | None = None, *, resume: bool = True,
+        clock: Callable[[], float] = time.perf_counter) -> TrainResult:
+    """Run the optimization loop of ``cfg.train`` on a prepared model and examples.
+
+    Args:
+        setup: from :func:`prepare`.
+        cfg: the trial config (the same one ``setup`` was prepared with).
+        workdir: receives ``checkpoints/`` and ``adapter/``.
+        on_step: called after every optimizer step.
+        resume: continue from the newest checkpoint in ``workdir`` if there is one.
+        clock: seconds, for throughput (injectable for tests).
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    train_cfg = cfg.train
+    qlora = setup.qlora
+    model, device = qlora.model, qlora.device
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(trainable, train_cfg, device)
+    scheduler = build_scheduler(optimizer, train_cfg)
+    order = BatchOrder(len(setup.examples), train_cfg.micro_batch_size, train_cfg.seed)
+    config_hash = cfg.content_hash()
+
+    step, position, last_loss = 0, 0, None
+    latest = ckpt.latest_checkpoint(workdir) if resume else None
+    if latest is not None:
+        _check_same_config(latest, cfg, config_hash)
+        state = ckpt.load_checkpoint(latest, model, optimizer, scheduler, device)
+        step, position, last_loss = state.step, state.position, state.last_loss
+        log.info("resuming from %s (step %d)", latest, step)
+    resumed_from = step
+
+    meter = MemoryMeter(device)
+    meter.reset()
+    pad_id = qlora.tokenizer.pad_token_id
+    autocast = _autocast(cfg, device)
+    history: list[StepMetrics] = []
+    status, reason = "finished", f"trained {train_cfg.max_steps} steps"
+    model.train()
+    while step < train_cfg.max_steps:
+        started = clock()
+        batches = [
+            collate([setup.examples[i] for i in order.micro_batch(position + k)], pad_id, device)
+            for k in range(train_cfg.grad_accum_steps)
+        ]
+        # Normalize by the step's target tokens, not per micro-batch: every token weighs
+        # the same whatever the padding and accumulation.
+        target_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+        loss_total = torch.zeros((), device=device)
+        tokens = 0
+        for batch in batches:
+            with autocast:
+                out = model(**batch, num_items_in_batch=target_tokens)
+            out.loss.backward()
+            loss_total += out.loss.detach().float()
+            tokens += int(batch["attention_mask"].sum())
+        max_norm = train_cfg.max_grad_norm if train_cfg.max_grad_norm > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+        loss = float(loss_total)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            what = "loss" if not math.isfinite(loss) else "gradient norm"
+            value = loss if not math.isfinite(loss) else grad_norm
+            status, reason = "nan", f"{what} became {value} at step {step + 1}"
+            log.warning("stopping: %s", reason)
+            break
+        learning_rate = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = clock() - started
+        step += 1
+        position += train_cfg.grad_accum_steps
+        last_loss = loss
+        metrics = StepMetrics(
+            step=step, loss=loss, learning_rate=learning_rate, grad_norm=grad_norm,
+            tokens=tokens, tokens_per_s=tokens / elapsed if elapsed > 0 else 0.0,
+            step_time_s=elapsed, peak_memory_bytes=meter.peak_bytes(),
+            epoch=order.epoch(position),
+        )
+        history.append(metrics)
+        if on_step is not None:
+            on_step(metrics)
+        every = train_cfg.checkpoint_every
+        if every and (step % every == 0 or step == train_cfg.max_steps):
+            state = ckpt.TrainerState(step=step, position=position, last_loss=last_loss,
+                                      config_hash=config_hash, config=cfg.identity())
+            ckpt.save_checkpoint(workdir, model, optimizer, scheduler, state,
+                                 keep=train_cfg.keep_checkpoints)
+
+    adapter_dir = None
+    if status == "finished":
+        adapter_dir = workdir / "adapter"
+        model.save_pretrained(adapter_dir, safe_serialization=True)
+    train_time = sum(m.step_time_s for m in history)
+    return TrainResult(
+        status=status,
+        reason=reason,
+        steps=step,
+        final_loss=last_loss,
+        tokens_per_s=sum(m.tokens for m in history) / train_time if train_time else 0.0,
+        peak_memory_bytes=meter.peak_bytes(),
+        memory_kind=meter.kind,
+        footprint=qlora.footprint,
+        trainable_params=qlora.trainable_params,
+        adapter_dir=adapter_dir,
+        resumed_from_step=resumed_from,
+        train_time_s=train_time,
+        history=history,
+    )
+
+
+def _autocast(cfg: TrialConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    dtype = DTYPES[cfg.quant.compute_dtype]
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _check_same_config(latest: Path, cfg: TrialConfig, config_hash: str) -> None:
+    state = ckpt.read_state(latest)
+    if state.config_hash == config_hash:
+        return
+    now = cfg.identity()
+    diffs = [
+        f"{section}.{key}: {state.config.get(section, {}).get(key)!r} -> {value!r}"
+        for section, values in now.items()
+        for key, value in values.items()
+        if state.config.get(section, {}).get(key) != value
+    ]
+    raise ResumeMismatch(
+        f"{latest} was written by a different configuration ({'; '.join(diffs[:5])}); "
+        "use another work directory, or start over without resuming"
+    )

@@ -1,0 +1,216 @@
+"""The quantized base model with LoRA adapters, built from a trial config.
+
+``load_qlora_model`` resolves the model (offline asset, local directory or hub id), checks
+the LoRA targets against a weightless skeleton of the architecture, then loads the weights
+through bitsandbytes (4-bit NF4/FP4 with or without double quantization, 8-bit, or 16-bit
+for the plain LoRA baseline) and wraps them with peft. Weights load from safetensors only,
+and model code from the hub runs only with ``model.trust_remote_code: true``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainers import assets, hub
+from trainers.config import LoraConfig, ModelConfig, QuantConfig, TrialConfig, looks_like_local_path
+from trainers.footprint import WeightFootprint, measure
+
+log = logging.getLogger("qsweep")
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+_ATTENTION_PARTS = ("attn", "attention")
+_MLP_PARTS = ("mlp", "ffn", "feed_forward")
+
+
+class ModelSetupError(Exception):
+    """The config cannot be applied to this model; ``key`` is the config key at fault."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+@dataclass
+class QLoRAModel:
+    """A trainable model: the quantized base wrapped by peft, and its tokenizer."""
+
+    model: Any
+    """``peft.PeftModel`` around a transformers causal LM."""
+    tokenizer: Any
+    device: torch.device
+    footprint: WeightFootprint
+    target_modules: list[str]
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelSetupError("train.device", f"{spec!r} requested but no CUDA device is visible")
+    return device
+
+
+def model_source(cfg: ModelConfig) -> str:
+    """The path or hub id that transformers loads ``cfg.name`` from (fetching assets)."""
+    if cfg.name in assets.ASSETS:
+        return str(assets.ensure(cfg.name))
+    if looks_like_local_path(cfg.name):
+        return str(Path(cfg.name).expanduser())
+    hub.require_hub(
+        f"model {cfg.name!r}",
+        offline_hint="Offline alternative: model.name=smollm2-135m-instruct (qsweep assets "
+                     "list), or a local model directory; HF_HUB_OFFLINE=1 uses the hub cache.",
+    )
+    return cfg.name
+
+
+def bnb_config(quant: QuantConfig) -> Any:
+    """The ``BitsAndBytesConfig`` for ``quant``, or None for the 16-bit baseline."""
+    from transformers import BitsAndBytesConfig
+
+    if quant.bits == 16:
+        return None
+    if quant.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.type,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[quant.compute_dtype],
+    )
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Qualified names of the linear layers LoRA may target (the output head excluded)."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not output
+    ]
+
+
+def resolve_targets(linear_names: list[str], lora: LoraConfig) -> list[str]:
+    """The linear layers that ``lora.target_modules`` selects, by qualified name.
+
+    Presets classify a layer by its parents' names (``self_attn`` -> attention, ``mlp`` ->
+    MLP), which holds across Llama, Mistral, Qwen, Gemma and most decoder families.
+    Explicit names match a qualified name exactly or as its last components.
+    """
+    def parents(name: str) -> list[str]:
+        return name.lower().split(".")[:-1]
+
+    spec = lora.target_modules
+    if spec == "all-linear":
+        chosen = list(linear_names)
+    elif spec == "attention":
+        chosen = [n for n in linear_names if any(p in part for part in parents(n) for p in _ATTENTION_PARTS)]
+    elif spec == "mlp":
+        chosen = [n for n in linear_names if any(p in part for part in parents(n) for p in _MLP_PARTS)]
+    else:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in linear_names})
+        unmatched = [t for t in spec if not any(n == t or n.endswith("." + t) for n in linear_names)]
+        if unmatched:
+            raise ModelSetupError(
+                "lora.target_modules",
+                f"no linear layer named {', '.join(map(repr, unmatched))} in this model; "
+                f"its linear layers are {', '.join(leaves)}",
+            )
+        chosen = [n for n in linear_names if any(n == t or n.endswith("." + t) for t in spec)]
+    if not chosen:
+        raise ModelSetupError("lora.target_modules",
+                              f"preset {spec!r} matches no linear layer of this model")
+    return chosen
+
+
+def _load_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.revision is not None:
+        kwargs["revision"] = cfg.revision
+    return kwargs
+
+
+def check_targets(source: str, cfg: TrialConfig) -> list[str]:
+    """Resolve the LoRA targets on a weightless (meta-device) skeleton of the model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_config = AutoConfig.from_pretrained(source, **_load_kwargs(cfg.model))
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(
+            model_config, trust_remote_code=cfg.model.trust_remote_code
+        )
+    return resolve_targets(linear_module_names(skeleton), cfg.lora)
+
+
+def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
+    """The model's tokenizer, padding on the right with EOS when it has no pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, **_load_kwargs(cfg))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_qlora_model(cfg: TrialConfig, device: torch.device, source: str | None = None,
+                     targets: list[str] | None = None) -> QLoRAModel:
+    """Load the base with ``cfg.quant``, attach LoRA per ``cfg.lora``, ready to train.
+
+    Args:
+        cfg: the trial config.
+        device: where the model lives (bitsandbytes quantizes on load, on that device).
+        source: path or hub id (default: :func:`model_source`).
+        targets: qualified LoRA target names (default: :func:`check_targets`).
+    """
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    source = source or model_source(cfg.model)
+    targets = targets if targets is not None else check_targets(source, cfg)
+    tokenizer = load_tokenizer(source, cfg.model)
+    quantization = bnb_config(cfg.quant)
+    base = AutoModelForCausalLM.from_pretrained(
+        source,
+        dtype=DTYPES[cfg.model.dtype],
+        quantization_config=quantization,
+        device_map={"": str(device)},
+        use_safetensors=True,
+        **_load_kwargs(cfg.model),
+    )
+    footprint = measure(base)
+    base.config.use_cache = False
+    checkpointing = {"use_reentrant": False}
+    if quantization is not None:
+        base = peft.prepare_model_for_kbit_training(
+            base,
+            use_gradient_checkpointing=cfg.train.gradient_checkpointing,
+            gradient_checkpointing_kwargs=checkpointing,
+        )
+    elif cfg.train.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+        base.enable_input_require_grads()
+    torch.manual_seed(cfg.train.seed)  # adapter initialization
+    lora = peft.LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = peft.get_peft_model(base, lora)
+    return QLoRAModel(model=model, tokenizer=tokenizer, device=device, footprint=footprint,
+                      target_modules=targets)
