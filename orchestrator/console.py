@@ -71,6 +71,16 @@ class TrainProgress:
     def __call__(self, metrics: StepMetrics) -> None:
         self._progress.update(self._task, completed=metrics.step, loss=f"{metrics.loss:.4f}",
                               speed=f"{metrics.tokens_per_s:,.0f}")
+        # Without a terminal (CI, Ray logs, files) a live bar draws nothing until the end:
+        # print a plain line every 5% of the run instead.
+        every = max(1, self.total_steps // 20)
+        if not console.is_terminal and (metrics.step % every == 0 or metrics.step == self.total_steps):
+            remaining = self._progress.tasks[0].time_remaining
+            eta = f"{remaining:.0f}s" if remaining is not None else "-"
+            console.print(f"step {metrics.step}/{self.total_steps} loss {metrics.loss:.4f} "
+                          f"lr {metrics.learning_rate:.2e} {metrics.tokens_per_s:,.0f} tok/s eta {eta}",
+                          highlight=False)
+            console.file.flush()
 
 
 def train_summary(result: TrainResult, title: str = "training summary") -> Table:

@@ -86,8 +86,11 @@ class BatchOrder:
         return position / self.batches_per_epoch
 
 
-def collate(examples: list[Example], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-pad a micro-batch to its longest sequence; padding is masked and unlabeled."""
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch to its longest sequence; padding is masked and unlabeled.
+
+    Returns host tensors; the loop moves them to the device.
+    """
     length = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
@@ -97,8 +100,4 @@ def collate(examples: list[Example], pad_id: int, device: torch.device) -> dict[
         ids[row, :n] = torch.tensor(example.input_ids)
         labels[row, :n] = torch.tensor(example.labels)
         mask[row, :n] = 1
-    return {
-        "input_ids": ids.to(device),
-        "labels": labels.to(device),
-        "attention_mask": mask.to(device),
-    }
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}

@@ -121,33 +121,39 @@ def fit(setup: TrainingSetup, cfg: TrialConfig, workdir: Path,
     while step < train_cfg.max_steps:
         started = clock()
         batches = [
-            collate([setup.examples[i] for i in order.micro_batch(position + k)], pad_id, device)
+            collate([setup.examples[i] for i in order.micro_batch(position + k)], pad_id)
             for k in range(train_cfg.grad_accum_steps)
         ]
         # Normalize by the step's target tokens, not per micro-batch: every token weighs
-        # the same whatever the padding and accumulation.
+        # the same whatever the padding and accumulation. Counted on the host: no sync.
         target_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
         loss_total = torch.zeros((), device=device)
-        tokens = 0
         for batch in batches:
+            batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
             with autocast:
-                out = model(**batch, num_items_in_batch=target_tokens)
-            out.loss.backward()
-            loss_total += out.loss.detach().float()
-            tokens += int(batch["attention_mask"].sum())
+                # Keep only the loss: holding the output would keep the logits (the largest
+                # activation) alive through the backward pass.
+                loss = model(**batch, num_items_in_batch=target_tokens).loss
+            loss.backward()
+            loss_total += loss.detach().float()
+            del loss
         max_norm = train_cfg.max_grad_norm if train_cfg.max_grad_norm > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
-        loss = float(loss_total)
+        grad_norm_t = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
+        learning_rate = optimizer.param_groups[0]["lr"]
+        # Step before reading loss and norm back: the host queues the optimizer's kernels
+        # while the GPU still runs the backward pass. A non-finite step corrupts only the
+        # adapter of a run that ends here anyway; checkpoints hold the last good state.
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss, grad_norm = float(loss_total), float(grad_norm_t)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             what = "loss" if not math.isfinite(loss) else "gradient norm"
             value = loss if not math.isfinite(loss) else grad_norm
             status, reason = "nan", f"{what} became {value} at step {step + 1}"
             log.warning("stopping: %s", reason)
             break
-        learning_rate = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = clock() - started

@@ -41,6 +41,7 @@ def test_train_shows_progress_and_a_summary(tiny_model_dir: Path, repeated_data:
     assert done.returncode == 0, done.stderr
     assert "FP4+DQ" in done.stdout and "LoRA r=8" in done.stdout
     assert "5/5" in done.stdout  # the progress bar reached the end
+    assert "step 5/5 loss" in done.stdout  # and, without a terminal, printed plain lines
     for row in ("steps", "final loss", "tokens/s", "peak memory", "quantized layers", "adapter"):
         assert row in done.stdout
 

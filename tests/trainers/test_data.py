@@ -74,6 +74,16 @@ def test_missing_fields_are_named(tiny_model_dir: Path, tmp_path: Path) -> None:
         render_prompt(load_records(templated.data)[0], "{instruction}", str)
 
 
+def test_flan_v2_reads_inputs_and_targets_from_a_local_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "flan.jsonl"
+    path.write_text(json.dumps({"inputs": "Translate: chat", "targets": "cat", "task": "t1"}) + "\n")
+    records = load_records(data_config(tiny_model_dir, name="flan_v2", path=str(path)).data)
+    assert (records[0]["prompt"], records[0]["response"]) == ("Translate: chat", "cat")
+    path.write_text(json.dumps({"question": "q"}) + "\n")
+    with pytest.raises(DataError, match="need 'inputs' and 'targets'"):
+        load_records(data_config(tiny_model_dir, name="flan_v2", path=str(path)).data)
+
+
 def test_alpaca_template_with_and_without_input() -> None:
     with_input = render_prompt({"prompt": "Sum", "instruction": "Sum", "input": "2, 3"}, "alpaca", str)
     assert "### Input:\n2, 3" in with_input and with_input.endswith("### Response: ")
@@ -102,12 +112,10 @@ def test_batch_order_is_a_pure_function_of_seed_and_position() -> None:
 
 
 def test_collate_pads_right_and_masks(tiny_model_dir: Path, repeated_data: Path, tokenizer) -> None:
-    import torch
-
     cfg = data_config(tiny_model_dir, path=str(repeated_data))
     examples = tokenize(load_records(cfg.data), tokenizer, cfg)[:2]
     examples[1] = type(examples[1])(examples[1].input_ids[:-3], examples[1].labels[:-3])
-    batch = collate(examples, tokenizer.pad_token_id, torch.device("cpu"))
+    batch = collate(examples, tokenizer.pad_token_id)
     n = len(examples[1].input_ids)
     assert batch["attention_mask"][1].tolist() == [1] * n + [0] * 3
     assert batch["labels"][1, n:].tolist() == [IGNORE_INDEX] * 3

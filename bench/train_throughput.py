@@ -1,0 +1,245 @@
+"""Training throughput and peak memory: qsweep's trainer against a plain reference loop.
+
+For each configuration, two fresh processes train the same model on the same shapes:
+
+* ``qsweep``: ``trainers.loop.prepare`` + ``fit`` from a TrialConfig (what ``qsweep train`` runs);
+* ``reference``: the plain transformers + bitsandbytes + peft loop of qlora.py's recipe,
+  written out here in a few lines (load quantized, prepare for k-bit training, LoRA r=64 on
+  all linear layers, AdamW, clip at 0.3, bf16 autocast).
+
+Each reports tokens/s over the timed steps (after warm-up steps) and the CUDA max allocated
+bytes from the start of training (weights included, loading peaks excluded).
+
+On a GPU (Llama-3-8B shape, random weights created there, sequence length 1024)::
+
+    python bench/train_throughput.py --model-dir /tmp/llama3-8b --create --out results.json
+
+CPU smoke run of the same code (tiny model)::
+
+    python bench/train_throughput.py --model-dir /tmp/tiny --create --shape tiny \\
+        --device cpu --seq-len 64 --steps 2 --warmup 1 --configs nf4dq-mb4,bf16-lora-mb4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONFIGS: dict[str, dict] = {
+    # name: quantization, gradient checkpointing, micro-batch, optimizer (GUIDE.md's rows)
+    "qlora-defaults": dict(bits=4, type="nf4", dq=True, ckpt=True, mb=1, optim="paged_adamw_32bit"),
+    "nf4dq-ckpt-mb4": dict(bits=4, type="nf4", dq=True, ckpt=True, mb=4, optim="paged_adamw_32bit"),
+    "nf4dq-mb4": dict(bits=4, type="nf4", dq=True, ckpt=False, mb=4, optim="adamw"),
+    "nf4-mb4": dict(bits=4, type="nf4", dq=False, ckpt=False, mb=4, optim="adamw"),
+    "fp4-mb4": dict(bits=4, type="fp4", dq=False, ckpt=False, mb=4, optim="adamw"),
+    "bf16-lora-mb4": dict(bits=16, type="nf4", dq=False, ckpt=False, mb=4, optim="adamw"),
+}
+
+
+def _compute(device: str) -> str:
+    return "bf16" if device == "cuda" else "fp32"
+
+
+def run_qsweep(model_dir: Path, data: Path, spec: dict, args: argparse.Namespace) -> dict:
+    """Train through the project's own trainer, as ``qsweep train`` does."""
+    from trainers.config_loading import validate
+    from trainers.loop import fit, prepare
+
+    quant = {"bits": spec["bits"], "compute_dtype": _compute(args.device)}
+    if spec["bits"] == 4:
+        quant.update(type=spec["type"], double_quant=spec["dq"])
+    cfg = validate({
+        "model": {"name": str(model_dir), "dtype": _compute(args.device)},
+        "quant": quant,
+        "lora": {"r": 64, "alpha": 16, "dropout": 0.1, "target_modules": "all-linear"},
+        "train": {"max_steps": args.warmup + args.steps, "micro_batch_size": spec["mb"],
+                  "grad_accum_steps": 1, "learning_rate": 2e-4, "optimizer": spec["optim"],
+                  "gradient_checkpointing": spec["ckpt"], "max_source_length": 8,
+                  "max_target_length": args.seq_len, "checkpoint_every": 0,
+                  "device": args.device},
+        "data": {"path": str(data)},
+    })
+    setup = prepare(cfg)
+    with tempfile.TemporaryDirectory() as workdir:
+        result = fit(setup, cfg, Path(workdir))
+    timed = result.history[args.warmup:]
+    tokens = sum(m.tokens for m in timed)
+    seconds = sum(m.step_time_s for m in timed)
+    return {"tokens_per_s": tokens / seconds, "peak_bytes": result.peak_memory_bytes,
+            "final_loss": result.final_loss, "tokens_per_step": timed[0].tokens}
+
+
+def run_reference(model_dir: Path, spec: dict, args: argparse.Namespace) -> dict:
+    """The plain loop: transformers + bitsandbytes + peft, nothing of qsweep."""
+    import bitsandbytes as bnb
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    device = torch.device(args.device)
+    compute = torch.bfloat16 if args.device == "cuda" else torch.float32
+    quantization = None
+    if spec["bits"] == 4:
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=spec["type"],
+                                          bnb_4bit_use_double_quant=spec["dq"],
+                                          bnb_4bit_compute_dtype=compute)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=compute,
+                                                 quantization_config=quantization,
+                                                 device_map={"": str(device)})
+    model.config.use_cache = False
+    checkpointing = {"use_reentrant": False}
+    if quantization is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec["ckpt"],
+                                                gradient_checkpointing_kwargs=checkpointing)
+    elif spec["ckpt"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+        model.enable_input_require_grads()
+    model = get_peft_model(model, LoraConfig(r=64, lora_alpha=16, lora_dropout=0.1,
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.train()  # from_pretrained returns eval mode: no dropout, no checkpointing
+    params = [p for p in model.parameters() if p.requires_grad]
+    if spec["optim"] == "paged_adamw_32bit":
+        optimizer = bnb.optim.PagedAdamW32bit(params, lr=2e-4)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=2e-4, fused=device.type == "cuda")
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 256, (spec["mb"], args.seq_len), generator=generator).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timed = 0.0
+    for step in range(args.warmup + args.steps):
+        started = time.perf_counter()
+        with torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.3)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= args.warmup:
+            timed += time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    return {"tokens_per_s": spec["mb"] * args.seq_len * args.steps / timed, "peak_bytes": peak,
+            "final_loss": float(loss)}
+
+
+def write_data(path: Path, seq_len: int, rows: int = 128) -> None:
+    """Rows whose response is seq_len - 1 ASCII bytes: seq_len tokens with EOS, all trained."""
+    rng = random.Random(0)
+    with open(path, "w") as handle:
+        for _ in range(rows):
+            text = "".join(rng.choices(string.ascii_letters + " ", k=seq_len - 1))
+            handle.write(json.dumps({"prompt": "", "response": text}) + "\n")
+
+
+def worker(args: argparse.Namespace) -> None:
+    spec = CONFIGS[args.config]
+    if args.impl == "qsweep":
+        result = run_qsweep(args.model_dir, args.data, spec, args)
+    else:
+        result = run_reference(args.model_dir, spec, args)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def environment() -> dict:
+    import torch
+    import transformers
+
+    info = {"torch": torch.__version__, "transformers": transformers.__version__}
+    try:
+        import bitsandbytes
+        import peft
+
+        info.update(bitsandbytes=bitsandbytes.__version__, peft=peft.__version__)
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--create", action="store_true", help="create the model if missing")
+    parser.add_argument("--shape", default="llama3-8b")
+    parser.add_argument("--vocab-size", type=int, default=128_256)
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--impls", default="reference,qsweep")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    if args.create and not (args.model_dir / "config.json").exists():
+        import torch
+
+        from trainers.random_model import write_random_llama
+
+        started = time.perf_counter()
+        write_random_llama(args.model_dir, args.shape, dtype=torch.bfloat16, device=args.device,
+                           vocab_size=args.vocab_size if args.shape != "tiny" else None)
+        print(f"created {args.shape} in {time.perf_counter() - started:.0f} s", flush=True)
+    data = args.model_dir.parent / f"bench-data-{args.seq_len}.jsonl"
+    write_data(data, args.seq_len)
+
+    results = []
+    for name in args.configs.split(","):
+        for impl in args.impls.split(","):
+            command = [sys.executable, __file__, "--worker", f"--impl={impl}", f"--config={name}",
+                       f"--model-dir={args.model_dir}", f"--data={data}", f"--device={args.device}",
+                       f"--seq-len={args.seq_len}", f"--steps={args.steps}",
+                       f"--warmup={args.warmup}"]
+            started = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                                  env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                      filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))})
+            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+            row = {"config": name, "impl": impl, **CONFIGS[name],
+                   "wall_s": round(time.perf_counter() - started, 1)}
+            if line is None:
+                row["error"] = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                print(done.stderr[-3000:], file=sys.stderr)
+            else:
+                row.update(json.loads(line[len("RESULT "):]))
+            results.append(row)
+            shown = {k: v for k, v in row.items() if k in ("config", "impl", "tokens_per_s",
+                                                           "peak_bytes", "wall_s", "error")}
+            print(json.dumps(shown), flush=True)
+            if args.out:
+                payload = {"environment": environment(), "seq_len": args.seq_len,
+                           "steps": args.steps, "warmup": args.warmup, "shape": args.shape,
+                           "results": results}
+                args.out.write_text(json.dumps(payload, indent=1))
+
+    print(f"\n{'config':16} {'impl':10} {'tokens/s':>9} {'peak GiB':>9}")
+    for row in results:
+        if "error" in row:
+            print(f"{row['config']:16} {row['impl']:10} error: {row['error'][:60]}")
+        else:
+            print(f"{row['config']:16} {row['impl']:10} {row['tokens_per_s']:9.0f} "
+                  f"{row['peak_bytes'] / 2**30:9.1f}")
+
+
+if __name__ == "__main__":
+    main()
