@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import string
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workers import environment, report, run_worker  # noqa: E402
 
 CONFIGS: dict[str, dict] = {
     # name: quantization, gradient checkpointing, micro-batch, optimizer (GUIDE.md's rows)
@@ -149,24 +148,7 @@ def worker(args: argparse.Namespace) -> None:
         result = run_qsweep(args.model_dir, args.data, spec, args)
     else:
         result = run_reference(args.model_dir, spec, args)
-    print("RESULT " + json.dumps(result), flush=True)
-
-
-def environment() -> dict:
-    import torch
-    import transformers
-
-    info = {"torch": torch.__version__, "transformers": transformers.__version__}
-    try:
-        import bitsandbytes
-        import peft
-
-        info.update(bitsandbytes=bitsandbytes.__version__, peft=peft.__version__)
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+    report(result)
 
 
 def main() -> None:
@@ -206,22 +188,10 @@ def main() -> None:
     results = []
     for name in args.configs.split(","):
         for impl in args.impls.split(","):
-            command = [sys.executable, __file__, "--worker", f"--impl={impl}", f"--config={name}",
-                       f"--model-dir={args.model_dir}", f"--data={data}", f"--device={args.device}",
-                       f"--seq-len={args.seq_len}", f"--steps={args.steps}",
-                       f"--warmup={args.warmup}"]
-            started = time.perf_counter()
-            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                                  env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                      filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))})
-            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-            row = {"config": name, "impl": impl, **CONFIGS[name],
-                   "wall_s": round(time.perf_counter() - started, 1)}
-            if line is None:
-                row["error"] = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                print(done.stderr[-3000:], file=sys.stderr)
-            else:
-                row.update(json.loads(line[len("RESULT "):]))
+            row = {"config": name, "impl": impl, **CONFIGS[name], **run_worker([
+                __file__, "--worker", f"--impl={impl}", f"--config={name}", f"--model-dir={args.model_dir}",
+                f"--data={data}", f"--device={args.device}", f"--seq-len={args.seq_len}",
+                f"--steps={args.steps}", f"--warmup={args.warmup}"])}
             results.append(row)
             shown = {k: v for k, v in row.items() if k in ("config", "impl", "tokens_per_s",
                                                            "peak_bytes", "wall_s", "error")}

@@ -3,6 +3,10 @@
 Exit codes: 0 success; 1 a runtime failure (unreachable hub, bad data, failed download);
 2 invalid configuration (reported before anything loads); 3 a trial that ended with a
 non-finite loss; 130 interrupted.
+
+Commands: ``train`` (one trial's training), ``trial`` (train + evaluate + record in MLflow),
+``plan`` / ``run`` / ``resume`` / ``status`` (sweeps on Ray), ``ui`` (the MLflow UI of the
+local store), ``assets`` (offline model and data).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # e.g. a warning per truncated prompt
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
     from transformers.utils import logging as transformers_logging
@@ -30,7 +36,7 @@ def _quiet_libraries() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from orchestrator.commands import assets, train
+    from orchestrator.commands import assets, plan, report, run, status, train, trial, ui
 
     parser = argparse.ArgumentParser(
         prog="qsweep",
@@ -38,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (train, assets):
+    for module in (train, trial, plan, run, status, report, ui, assets):
         module.add_parser(commands)
     return parser
 
@@ -50,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.console import configure_logging, print_error
 
     configure_logging(verbose=args.verbose)
+    from evaluation.harness import EvalSetupError
+    from orchestrator.reporting import ReportError
+    from orchestrator.search import StorageUnavailable
+    from orchestrator.tracking import TrackingUnavailable
     from trainers.assets import AssetError
     from trainers.config_loading import ConfigError
     from trainers.data_recipes import DataError
@@ -59,10 +69,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.handler(args)
-    except (ConfigError, ModelSetupError, ResumeMismatch) as err:
+    except (ConfigError, ModelSetupError, ResumeMismatch, EvalSetupError) as err:
         print_error(str(err))
         return EXIT_CONFIG
-    except (DataError, HubUnavailable, AssetError) as err:
+    except (DataError, HubUnavailable, AssetError, TrackingUnavailable, StorageUnavailable,
+            ReportError) as err:
         print_error(str(err))
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -112,3 +113,129 @@ def train_summary(result: TrainResult, title: str = "training summary") -> Table
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+def _headline(name: str) -> bool:
+    """Metrics worth a row in the terminal (per-subject ones stay in MLflow)."""
+    return "/subject/" not in name and not name.endswith(("_stderr", "/n"))
+
+
+def eval_table(metrics: dict[str, float], baseline: dict[str, float] | None = None,
+               title: str = "evaluation") -> Table:
+    """Headline evaluation metrics (value ± standard error), beside the base model's if given."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    if baseline:
+        table.add_column("base (step 0)", justify="right")
+    table.add_column("trained" if baseline else "value", justify="right")
+
+    def cell(values: dict[str, float], name: str) -> str:
+        if name not in values:
+            return "-"
+        stderr = values.get(name + "_stderr")
+        return f"{values[name]:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
+
+    for name in sorted(set(metrics) | set(baseline or {})):
+        if not _headline(name):
+            continue
+        row = [name.removeprefix("eval/")]
+        if baseline:
+            row.append(cell(baseline, name))
+        row.append(cell(metrics, name))
+        table.add_row(*row)
+    return table
+
+
+def plan_table(plan: Any) -> Table:
+    """The cells of a sweep plan: labels, cell key, settings."""
+    spec = plan.spec
+    table = Table(title=f"sweep {spec.name}: {len(plan.cells)} cells", title_justify="left")
+    table.add_column("#", justify="right")
+    for axis in spec.axes():
+        table.add_column(axis.name)
+    table.add_column("cell")
+    table.add_column("seeds")
+    if spec.search:
+        table.add_column("search")
+    for cell in plan.cells:
+        row = [str(cell.index), *cell.labels.values(), cell.key, ",".join(map(str, spec.seeds))]
+        if spec.search:
+            row.append(f"{spec.search.n_trials} x {', '.join(spec.search.space)}")
+        table.add_row(*row)
+    return table
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+_STATUS_STYLE = {"finished": "green", "running": "cyan", "pruned": "yellow", "failed": "red", "nan": "red",
+                 "crashed": "red", "pending": "dim", "interrupted": "yellow", "scheduled": "cyan"}
+
+
+def sweep_summary(rows: list[dict[str, Any]], title: str = "trials") -> Table:
+    """One row per trial: cell, seed, trial number, status, objective values, duration, MLflow run."""
+    table = Table(title=title, title_justify="left")
+    for column in ("cell", "seed", "trial", "status", "objective", "params", "duration", "MLflow run"):
+        table.add_column(column, justify="right" if column in ("seed", "trial", "duration") else "left")
+    for row in rows:
+        style = _STATUS_STYLE.get(row["status"], "")
+        status = f"[{style}]{row['status']}[/]" if style else row["status"]
+        if row["reason"] and row["status"] not in ("finished", "pending", "running"):
+            status += f" ({row['reason'][:60]})"
+        values = ", ".join(f"{v:.4g}" for v in row["values"]) if row["values"] else "-"
+        params = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float)
+                           else f"{k.split('.')[-1]}={v}" for k, v in row["params"].items()) or "-"
+        table.add_row(row["cell"], str(row["seed"]), str(row["trial"]), status, values, params,
+                      _duration(row["seconds"]), row["run_id"] or "-")
+    return table
+
+
+class SweepProgress:
+    """Live sweep progress: trials ended / running / failed / pruned, best so far, ETA."""
+
+    def __init__(self, total: int, concurrency: int, objective: str):
+        self.total, self.concurrency, self.objective = total, concurrency, objective
+        self._progress = Progress(
+            TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[best]}"),
+            TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"),
+            console=console, transient=False)
+        self._task = self._progress.add_task("sweep", total=total, counts="", best="", eta="-")
+        self._last_line = -1
+
+    def __enter__(self) -> SweepProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._progress.stop()
+
+    def __call__(self, tally: Any) -> None:
+        counts = f"running {tally.running}" + "".join(
+            f", {name} {n}" for name, n in sorted(tally.done.items()))
+        best = f"best {self.objective} {tally.best:.4g}" if tally.best is not None else ""
+        eta_s = tally.eta_s(self.concurrency)
+        eta = _duration(eta_s) if eta_s is not None and tally.ended < self.total else "-"
+        self._progress.update(self._task, completed=tally.ended, counts=counts, best=best, eta=eta)
+        if not console.is_terminal and tally.ended != self._last_line:
+            self._last_line = tally.ended
+            console.print(f"sweep {tally.ended}/{self.total} {counts} {best} eta {eta}", highlight=False)
+            console.file.flush()
+
+
+def report_table(table: Any) -> Table:
+    """An ablation table (``evaluation.tables.Table``) for the terminal."""
+    out = Table(title=f"{table.title} — {table.metric}, mean ± 95% CI over seeds", title_justify="left")
+    out.add_column(table.row_axis, style="bold")
+    for column in [*table.columns, *(["Mean"] if table.has_mean else [])]:
+        out.add_column(column, justify="right")
+    for row in table.rows:
+        out.add_row(row, *(table.value(row, c) for c in table.columns),
+                    *([table.mean(row)] if table.has_mean else []))
+    return out

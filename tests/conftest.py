@@ -1,15 +1,25 @@
-"""Shared fixtures: a tiny random Llama, small datasets, config builders."""
+"""Shared fixtures: a tiny random Llama, small datasets, config builders, real servers
+(MLflow, a local Ray cluster with declared GPUs, a PostgreSQL database)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
-from collections.abc import Callable
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+BIN = Path(sys.executable).parent
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -42,6 +52,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 def tiny_config(tiny_model_dir: Path, repeated_data: Path) -> Callable[..., Any]:
     """Build a validated TrialConfig for the tiny model: ``tiny_config(quant={"type": "fp4"})``."""
+    from orchestrator.config import TrialConfig
     from trainers.config_loading import validate
 
     base = {
@@ -55,14 +66,132 @@ def tiny_config(tiny_model_dir: Path, repeated_data: Path) -> Callable[..., Any]
     }
 
     def build(**sections: dict[str, Any]) -> Any:
-        return validate(_merge(base, sections))
+        return validate(_merge(base, sections), TrialConfig)
 
     return build
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture
 def closed_port() -> int:
     """A loopback port with nothing listening: connections to it are refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port()
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.25)
+    raise RuntimeError(f"{url} did not answer in {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Terminate a server started in its own session, with everything it spawned."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture
+def launch_server(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen, int]]]:
+    """Start a server command on a free loopback port; it is stopped after the test.
+
+    ``launch(lambda port: [...command...], "/health", cwd=...)`` returns (process, port) once
+    ``http://127.0.0.1:<port>/health`` answers.
+    """
+    started: list[subprocess.Popen] = []
+
+    def launch(command: Callable[[int], list[str]], health: str,
+               **popen: Any) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        log = tmp_path / f"server-{port}.log"
+        with open(log, "w") as sink:
+            process = subprocess.Popen(command(port), stdout=sink, stderr=subprocess.STDOUT,
+                                       start_new_session=True, **popen)
+        started.append(process)
+        wait_for_http(f"http://127.0.0.1:{port}{health}", process, log)
+        return process, port
+
+    yield launch
+    for process in started:
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` (SQLite backend, artifact proxy) on a free loopback port."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = root / "server.log"
+    command = [sys.executable, "-m", "mlflow", "server",
+               "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+               "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(log, "w") as sink:
+        server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
+                                  start_new_session=True)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", server, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(server)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``ray start --head`` declaring 4 GPUs and 2 CPUs on loopback ports; its address.
+
+    Port 6379 (Ray's default) belongs to Redis on this machine, so the head takes a free one.
+    """
+    port = free_port()
+    # Token authentication stays on, as Ray ships it: this session's token, for the cluster and
+    # for every driver the tests start.
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex, RAY_USAGE_STATS_ENABLED="0")
+    command = [str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-gpus=4", "--num-cpus=2",
+               "--include-dashboard=false", "--disable-usage-stats"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    found = re.search(r"--address='([^']+)'", done.stdout)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"ray start failed:\n{done.stdout}\n{done.stderr}")
+    try:
+        yield found.group(1)
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, check=False)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL server for one test (dropped afterwards), so no
+    test sees another's studies."""
+    import sqlalchemy
+
+    admin_url = os.environ.get("QSWEEP_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    name = f"qsweep_test_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except sqlalchemy.exc.OperationalError as err:
+        pytest.fail(f"the local PostgreSQL server is needed for this test: {err}")
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

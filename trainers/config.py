@@ -5,7 +5,7 @@ Defaults follow the QLoRA paper (Dettmers et al. 2023): NF4 with double quantiza
 compute, LoRA r=64 / alpha=16 on all linear layers, paged AdamW 32-bit, constant learning
 rate 2e-4, max grad norm 0.3, loss on the response only.
 
-Load one from YAML with :func:`trainers.config_loading.load_trial_config`; every problem is
+Load one from YAML with :func:`trainers.config_loading.load_config`; every problem is
 reported with its key path before any model loads. Example::
 
     qsweep train configs/trial/smollm2-offline.yaml lora.r=16 quant.type=fp4
@@ -18,7 +18,7 @@ import json
 import re
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -56,11 +56,13 @@ def looks_like_local_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name in (".", "..")
 
 
-class _Section(BaseModel):
+class ConfigSection(BaseModel):
+    """Base of every config section: unknown keys are errors, values are frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
-class ModelConfig(_Section):
+class ModelConfig(ConfigSection):
     """The base model that is quantized and adapted."""
 
     name: str
@@ -100,7 +102,7 @@ class ModelConfig(_Section):
         return self
 
 
-class QuantConfig(_Section):
+class QuantConfig(ConfigSection):
     """How the frozen base model is stored: 4-bit (QLoRA), 8-bit, or 16-bit (plain LoRA)."""
 
     bits: Literal[4, 8, 16] = 4
@@ -133,7 +135,7 @@ class QuantConfig(_Section):
         return self.type.upper() + ("+DQ" if self.double_quant else "")
 
 
-class LoraConfig(_Section):
+class LoraConfig(ConfigSection):
     """The LoRA adapters that are trained on top of the frozen base."""
 
     r: int = Field(64, gt=0)
@@ -165,7 +167,7 @@ class LoraConfig(_Section):
         raise ValueError(f"must be a preset ({presets}) or a list of module names, got {value!r}")
 
 
-class TrainConfig(_Section):
+class TrainConfig(ConfigSection):
     """The optimization loop."""
 
     max_steps: int = Field(10_000, gt=0)
@@ -218,7 +220,7 @@ class TrainConfig(_Section):
         return self.micro_batch_size * self.grad_accum_steps
 
 
-class DataConfig(_Section):
+class DataConfig(ConfigSection):
     """The fine-tuning data: a built-in recipe or a local JSONL/CSV file."""
 
     name: str | None = None
@@ -292,10 +294,16 @@ def template_problem(template: str) -> str | None:
     return None
 
 
-class TrialConfig(BaseModel):
-    """Everything one trial needs: the resolved YAML plus command-line overrides."""
+class TrainingConfig(BaseModel):
+    """What one trial's training needs: the five training sections of a trial config.
+
+    The orchestrator's ``TrialConfig`` extends it with evaluation and tracking sections.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    NON_IDENTITY_SECTIONS: ClassVar[tuple[str, ...]] = ()
+    """Sections that do not change what a trial computes (left out of its hash and params)."""
 
     model: ModelConfig
     """The base model."""
@@ -313,9 +321,14 @@ class TrialConfig(BaseModel):
         return self.model_dump(mode="json")
 
     def flat(self) -> dict[str, Any]:
-        """Dotted keys to values (``{"lora.r": 64, ...}``), as MLflow params are named."""
+        """Dotted keys to values (``{"lora.r": 64, ...}``), as MLflow params are named.
+
+        Sections outside the trial's identity (tracking: it may hold credentials) are left out.
+        """
         flat: dict[str, Any] = {}
         for section, values in self.to_dict().items():
+            if section in self.NON_IDENTITY_SECTIONS:
+                continue
             for key, value in values.items():
                 flat[f"{section}.{key}"] = value
         return flat
@@ -323,11 +336,11 @@ class TrialConfig(BaseModel):
     def identity(self) -> dict[str, Any]:
         """The settings that define what the trial computes.
 
-        Settings that cannot matter are left out, so that configs which train the same
+        Settings that cannot matter are left out, so that configs which compute the same
         thing share one hash: the 4-bit type and double quantization of a 16- or 8-bit
-        base, the checkpoint cadence, and the device.
+        base, the checkpoint cadence, the device, and non-identity sections.
         """
-        values = self.to_dict()
+        values = {k: v for k, v in self.to_dict().items() if k not in self.NON_IDENTITY_SECTIONS}
         if self.quant.bits != 4:
             values["quant"].pop("type")
             values["quant"].pop("double_quant")

@@ -1,4 +1,4 @@
-"""YAML files and ``key=value`` overrides to a validated :class:`TrialConfig`.
+"""YAML files and ``key=value`` overrides to a validated config (``TrainingConfig`` or a subclass).
 
 Every problem is collected and reported at once, each under its key path::
 
@@ -15,12 +15,14 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from trainers.config import ConfigProblems, TrialConfig
+from trainers.config import ConfigProblems, TrainingConfig
+
+C = TypeVar("C", bound=TrainingConfig)
 
 
 class ConfigError(Exception):
@@ -112,24 +114,33 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return merged
 
 
-def validate(data: dict[str, Any], source: str | None = None,
-             overridden: set[str] | None = None) -> TrialConfig:
-    """Validate raw config data; raise :class:`ConfigError` listing every problem."""
+def validate(data: dict[str, Any], schema: type[C] = TrainingConfig, source: str | None = None,
+             overridden: set[str] | None = None) -> C:
+    """Validate raw config data against ``schema``; raise :class:`ConfigError` listing every problem."""
     try:
-        return TrialConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(describe(err, TrialConfig, overridden or set()), source) from None
+        raise ConfigError(describe(err, schema, overridden or set()), source) from None
 
 
-def load_trial_config(path: Path, overrides: list[str] | None = None) -> TrialConfig:
-    """Load ``path`` (YAML), apply ``key=value`` overrides, validate everything.
+def load_config(path: Path, overrides: list[str] | None = None,
+                schema: type[C] = TrainingConfig) -> C:
+    """Load ``path`` (YAML), apply ``key=value`` overrides, validate everything against ``schema``.
 
     Raises:
         ConfigError: with every problem and its key path; nothing has been loaded yet.
     """
     parsed = parse_overrides(overrides or [])
     data = apply_overrides(read_yaml(path), parsed)
-    return validate(data, source=str(path), overridden=set(parsed))
+    return validate(data, schema, source=str(path), overridden=set(parsed))
+
+
+def key_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """A pydantic location as a YAML key path: ``reports[1].preset``, ``lora.r``."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
 
 
 def describe(err: ValidationError, root: type[BaseModel],
@@ -137,12 +148,12 @@ def describe(err: ValidationError, root: type[BaseModel],
     """Pydantic errors as (key path, message) pairs in this project's wording."""
     problems = []
     for item in err.errors():
-        loc = [str(part) for part in item["loc"]]
+        path = key_path(item["loc"])
         error = item.get("ctx", {}).get("error")
         if isinstance(error, ConfigProblems):
-            problems += [(".".join([*loc, key]), message) for key, message in error.problems]
+            problems += [(f"{path}.{key}" if path else key, message) for key, message in error.problems]
             continue
-        problems.append((".".join(loc), _message(item, root)))
+        problems.append((path, _message(item, root)))
     return [(path, message + (" (from the command line)" if path in overridden else ""))
             for path, message in problems]
 

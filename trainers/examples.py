@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainers.config import TrialConfig
+from trainers.config import TrainingConfig
 from trainers.data_recipes import DataError, Record, default_template, render_prompt
 
 IGNORE_INDEX = -100
@@ -30,7 +30,7 @@ class Example:
     labels: tuple[int, ...]
 
 
-def tokenize(records: list[Record], tokenizer: Any, cfg: TrialConfig) -> list[Example]:
+def tokenize(records: list[Record], tokenizer: Any, cfg: TrainingConfig) -> list[Example]:
     """Token ids and labels for each record under ``cfg``'s template and length limits."""
     template = default_template(cfg.data)
 

@@ -18,6 +18,8 @@ memory. Example::
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import math
 import time
@@ -28,9 +30,10 @@ from pathlib import Path
 import torch
 
 from trainers import checkpoint as ckpt
-from trainers.config import TrialConfig
+from trainers.config import TrainingConfig
 from trainers.data_recipes import load_records
 from trainers.examples import IGNORE_INDEX, BatchOrder, Example, collate, tokenize
+from trainers.faults import maybe_raise_oom
 from trainers.metrics import MemoryMeter, StepMetrics, TrainResult
 from trainers.model import (
     DTYPES,
@@ -58,27 +61,39 @@ class TrainingSetup:
 
     qlora: QLoRAModel
     examples: list[Example]
+    data_sha256: str
+    """Content hash of the training records (after ``data.limit``)."""
 
 
-def prepare(cfg: TrialConfig) -> TrainingSetup:
+def prepare(cfg: TrainingConfig) -> TrainingSetup:
     """Resolve and check everything cheap first, then load data and the quantized model."""
     device = resolve_device(cfg.train.device)
     source = model_source(cfg.model)
     targets = check_targets(source, cfg)
     tokenizer = load_tokenizer(source, cfg.model)
-    examples = tokenize(load_records(cfg.data), tokenizer, cfg)
+    records = load_records(cfg.data)
+    examples = tokenize(records, tokenizer, cfg)
     log.info("data: %d examples", len(examples))
     qlora = load_qlora_model(cfg, device, source=source, targets=targets)
-    return TrainingSetup(qlora=qlora, examples=examples)
+    return TrainingSetup(qlora=qlora, examples=examples, data_sha256=records_sha256(records))
 
 
-def train(cfg: TrialConfig, workdir: Path, on_step: StepCallback | None = None, *,
+def records_sha256(records: list[dict]) -> str:
+    """sha256 of the records' canonical JSON: the training data's identity."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps(record, sort_keys=True, default=str).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def train(cfg: TrainingConfig, workdir: Path, on_step: StepCallback | None = None, *,
           resume: bool = True) -> TrainResult:
     """Prepare and fit: train one trial from its config. See the module docstring."""
     return fit(prepare(cfg), cfg, workdir, on_step, resume=resume)
 
 
-def fit(setup: TrainingSetup, cfg: TrialConfig, workdir: Path,
+def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
         on_step: StepCallback | None = None, *, resume: bool = True,
         clock: Callable[[], float] = time.perf_counter) -> TrainResult:
     """Run the optimization loop of ``cfg.train`` on a prepared model and examples.
@@ -119,6 +134,7 @@ def fit(setup: TrainingSetup, cfg: TrialConfig, workdir: Path,
     status, reason = "finished", f"trained {train_cfg.max_steps} steps"
     model.train()
     while step < train_cfg.max_steps:
+        maybe_raise_oom(step + 1, train_cfg.micro_batch_size)
         started = clock()
         batches = [
             collate([setup.examples[i] for i in order.micro_batch(position + k)], pad_id)
@@ -198,14 +214,14 @@ def fit(setup: TrainingSetup, cfg: TrialConfig, workdir: Path,
     )
 
 
-def _autocast(cfg: TrialConfig, device: torch.device) -> contextlib.AbstractContextManager:
+def _autocast(cfg: TrainingConfig, device: torch.device) -> contextlib.AbstractContextManager:
     dtype = DTYPES[cfg.quant.compute_dtype]
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _check_same_config(latest: Path, cfg: TrialConfig, config_hash: str) -> None:
+def _check_same_config(latest: Path, cfg: TrainingConfig, config_hash: str) -> None:
     state = ckpt.read_state(latest)
     if state.config_hash == config_hash:
         return

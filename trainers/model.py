@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from trainers import assets, hub
-from trainers.config import LoraConfig, ModelConfig, QuantConfig, TrialConfig, looks_like_local_path
+from trainers.config import LoraConfig, ModelConfig, QuantConfig, TrainingConfig, looks_like_local_path
 from trainers.footprint import WeightFootprint, measure
 
 log = logging.getLogger("qsweep")
@@ -142,7 +142,7 @@ def _load_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     return kwargs
 
 
-def check_targets(source: str, cfg: TrialConfig) -> list[str]:
+def check_targets(source: str, cfg: TrainingConfig) -> list[str]:
     """Resolve the LoRA targets on a weightless (meta-device) skeleton of the model."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -165,7 +165,23 @@ def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
     return tokenizer
 
 
-def load_qlora_model(cfg: TrialConfig, device: torch.device, source: str | None = None,
+def keep_4bit_layers_trainable(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weight for a fused
+    inference kernel on its first eval-mode forward and never unpacks it; that kernel has no
+    backward, so training after an evaluation would silently get no gradient through the
+    frozen layers; it also computes in bf16 whatever the compute dtype. Evaluation runs on the
+    trainable model, so the repacking stays off.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def load_qlora_model(cfg: TrainingConfig, device: torch.device, source: str | None = None,
                      targets: list[str] | None = None) -> QLoRAModel:
     """Load the base with ``cfg.quant``, attach LoRA per ``cfg.lora``, ready to train.
 
@@ -191,6 +207,7 @@ def load_qlora_model(cfg: TrialConfig, device: torch.device, source: str | None 
         **_load_kwargs(cfg.model),
     )
     footprint = measure(base)
+    keep_4bit_layers_trainable(base)
     base.config.use_cache = False
     checkpointing = {"use_reentrant": False}
     if quantization is not None:

@@ -48,7 +48,7 @@ def byte_tokenizer() -> Any:
 
 def write_random_llama(path: Path, shape: str = "tiny", *, seed: int = 0,
                        dtype: torch.dtype = torch.float32, vocab_size: int | None = None,
-                       device: str = "cpu") -> Path:
+                       device: str = "cpu", tokenizer_from: Path | None = None) -> Path:
     """Create a randomly initialized Llama of ``shape`` and save it with the byte tokenizer.
 
     Args:
@@ -59,10 +59,12 @@ def write_random_llama(path: Path, shape: str = "tiny", *, seed: int = 0,
         vocab_size: defaults to the byte tokenizer's size; larger sizes model real vocabularies
             (Llama 3: 128,256) while the extra rows stay unused.
         device: where to initialize (``cuda`` is much faster for large shapes).
+        tokenizer_from: a model directory whose tokenizer to use instead of the byte one
+            (real token counts for real text, e.g. the offline SmolLM2's).
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = byte_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from) if tokenizer_from else byte_tokenizer()
     config = LlamaConfig(
         vocab_size=vocab_size or len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,

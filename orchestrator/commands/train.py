@@ -35,8 +35,8 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from orchestrator.cli import EXIT_NAN, EXIT_OK
+    from orchestrator.config import load_trial_config
     from orchestrator.console import TrainProgress, console, train_summary
-    from trainers.config_loading import load_trial_config
     from trainers.loop import fit, prepare
 
     cfg = load_trial_config(args.config, args.overrides)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainers.config_loading import ConfigError, load_trial_config, validate
+from trainers.config_loading import ConfigError, load_config, validate
 
 
 def write(tmp_path: Path, data: dict | str) -> Path:
@@ -21,7 +21,7 @@ def write(tmp_path: Path, data: dict | str) -> Path:
 
 def problems_of(tmp_path: Path, data: dict | str, overrides: list[str] | None = None) -> dict:
     with pytest.raises(ConfigError) as caught:
-        load_trial_config(write(tmp_path, data), overrides)
+        load_config(write(tmp_path, data), overrides)
     return dict(caught.value.problems)
 
 
@@ -45,7 +45,7 @@ def test_defaults_follow_the_qlora_paper(valid: dict) -> None:
 
 
 def test_overrides_are_typed_and_applied(tmp_path: Path, valid: dict) -> None:
-    cfg = load_trial_config(write(tmp_path, valid), ["lora.r=16", "quant.type=fp4",
+    cfg = load_config(write(tmp_path, valid), ["lora.r=16", "quant.type=fp4",
                                                      "quant.double_quant=false",
                                                      "lora.target_modules=[q_proj,v_proj]"])
     assert cfg.lora.r == 16
@@ -84,7 +84,7 @@ def test_fp4_with_16_bits_is_a_contradiction(tmp_path: Path, valid: dict) -> Non
 
 def test_bits_16_override_turns_a_4bit_config_into_the_baseline(tmp_path: Path, valid: dict) -> None:
     valid["quant"] = {"type": "nf4", "double_quant": True}
-    cfg = load_trial_config(write(tmp_path, valid), ["quant.bits=16"])
+    cfg = load_config(write(tmp_path, valid), ["quant.bits=16"])
     assert cfg.quant.label == "16-bit"
 
 
@@ -126,9 +126,9 @@ def test_malformed_yaml_and_overrides(tmp_path: Path, valid: dict) -> None:
     problems = problems_of(tmp_path, "model:\n  name: a\nmodel:\n  name: b\n")
     assert "appears twice" in problems[""]
     with pytest.raises(ConfigError, match="not of the form section.key=value"):
-        load_trial_config(write(tmp_path, valid), ["lora.r16"])
+        load_config(write(tmp_path, valid), ["lora.r16"])
     with pytest.raises(ConfigError, match="is 5, not a section"):
-        load_trial_config(write(tmp_path, valid), ["lora=5", "lora.r=3"])
+        load_config(write(tmp_path, valid), ["lora=5", "lora.r=3"])
 
 
 def test_content_hash_ignores_settings_that_cannot_matter(valid: dict) -> None:

@@ -37,7 +37,7 @@ def test_nf4_steps_train_and_the_adapter_reloads(smollm2_dir: Path, tmp_path: Pa
     import peft
     from transformers import AutoModelForCausalLM
 
-    from trainers.model import bnb_config
+    from trainers.model import bnb_config, keep_4bit_layers_trainable
 
     cfg = validate({
         "model": {"name": MODEL, "dtype": "fp32"},
@@ -56,6 +56,7 @@ def test_nf4_steps_train_and_the_adapter_reloads(smollm2_dir: Path, tmp_path: Pa
 
     base = AutoModelForCausalLM.from_pretrained(smollm2_dir, quantization_config=bnb_config(cfg.quant),
                                                 dtype=torch.float32, use_safetensors=True)
+    keep_4bit_layers_trainable(base)  # same kernels as the trained model (no bf16 CPU packing)
     reloaded = peft.PeftModel.from_pretrained(base, result.adapter_dir)
     trained = setup.qlora.model
     trained.eval()

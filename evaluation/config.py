@@ -1,0 +1,102 @@
+"""The ``eval`` section of a trial config: which lm-eval tasks measure a trained trial, and how."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from trainers.config import ConfigProblems, ConfigSection
+
+OFFLINE_TASKS = ("mmlu_offline", "perplexity_offline")
+"""Tasks shipped with qsweep (evaluation/tasks/), evaluated without the hub."""
+
+PAPER_TASKS = ("mmlu", "hellaswag", "winogrande", "piqa", "arc_easy", "arc_challenge")
+"""The QLoRA paper's MMLU and zero-shot suite, by their lm-eval names (need the hub)."""
+
+MMLU_FAMILY = ("mmlu", "mmlu_offline")
+"""Tasks whose subjects are grouped into STEM / humanities / social sciences / other."""
+
+OFFLINE_DEV_PER_SUBJECT = 5
+"""Questions per subject that mmlu_offline reserves as few-shot examples (as MMLU's dev split)."""
+
+
+class EvalConfig(ConfigSection):
+    """Evaluation of the trained model (and, on request, of its untuned base) with lm-eval."""
+
+    tasks: list[str] = ["mmlu"]
+    """lm-eval task or group names: mmlu, hellaswag, winogrande, piqa, arc_easy, arc_challenge
+    (hub), mmlu_offline, perplexity_offline (offline). An empty list skips evaluation."""
+    num_fewshot: int | None = Field(None, ge=0)
+    """Few-shot examples per prompt; null: 5 for MMLU (as the paper), else the task's default."""
+    limit: int | None = Field(None, gt=0)
+    """Evaluate at most this many documents per task, a seeded random sample; for MMLU per
+    subject, so subjects stay balanced (stratified)."""
+    task_limits: dict[str, int] = {}
+    """Per-task limits that replace ``limit`` for the tasks named (an MMLU group's applies to
+    each of its subjects), e.g. ``{perplexity_offline: 200}``."""
+    seed: int = Field(1234, ge=0)
+    """Seed of the document sample and of lm-eval's few-shot sampling."""
+    batch_size: int | Literal["auto"] = "auto"
+    """Sequences per forward pass; auto: lm-eval's detection on GPU, 4 on CPU."""
+    save_samples: bool = False
+    """Keep every document's prompt, answers and score (samples.jsonl per task)."""
+    baseline: bool = False
+    """Also evaluate the untuned base model (logged as step 0), as in the paper's Table 2."""
+
+    @field_validator("tasks")
+    @classmethod
+    def _check_tasks(cls, tasks: list[str]) -> list[str]:
+        if any(not t.strip() for t in tasks):
+            raise ValueError("task names must not be empty")
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"lists a task twice: {tasks}")
+        return tasks
+
+    @field_validator("task_limits")
+    @classmethod
+    def _check_task_limits(cls, limits: dict[str, int]) -> dict[str, int]:
+        bad = {task: n for task, n in limits.items() if n <= 0}
+        if bad:
+            raise ValueError(f"limits must be > 0, got {bad}")
+        return limits
+
+    @model_validator(mode="after")
+    def _check_limited_tasks(self) -> EvalConfig:
+        unknown = sorted(set(self.task_limits) - set(self.tasks))
+        if unknown:
+            raise ConfigProblems([("task_limits", f"{', '.join(unknown)} not in eval.tasks {self.tasks}")])
+        return self
+
+    def limit_for(self, task: str) -> int | None:
+        """The limit of a leaf task: its own, its MMLU family's, else ``limit``."""
+        from evaluation.results import subject_task
+
+        subject = subject_task(task)
+        family = subject[0] if subject else task
+        return self.task_limits.get(task, self.task_limits.get(family, self.limit))
+
+    @field_validator("batch_size")
+    @classmethod
+    def _check_batch(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value <= 0:
+            raise ValueError(f"must be > 0 or auto, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_fewshot(self) -> EvalConfig:
+        if "mmlu_offline" in self.tasks and (self.num_fewshot or 0) > OFFLINE_DEV_PER_SUBJECT:
+            raise ConfigProblems([("num_fewshot", f"mmlu_offline keeps {OFFLINE_DEV_PER_SUBJECT} "
+                                                  f"few-shot questions per subject, got {self.num_fewshot}")])
+        return self
+
+    def fewshot_for(self, task: str) -> int | None:
+        """Few-shot count for ``task``: the configured one, 5 for MMLU, else the task default."""
+        if self.num_fewshot is not None:
+            return self.num_fewshot
+        return 5 if task in MMLU_FAMILY else None
+
+    @property
+    def needs_hub(self) -> list[str]:
+        """The configured tasks that download their data from the hub."""
+        return [t for t in self.tasks if t not in OFFLINE_TASKS]

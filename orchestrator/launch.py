@@ -1,0 +1,130 @@
+"""Everything a sweep needs before its first trial, checked in order of cost.
+
+:func:`prepare_sweep` checks (without starting anything) that the sweep directory, if it
+exists, holds this same plan, that the Optuna storage and the MLflow tracking store answer,
+and that lm-eval knows every evaluation task — then creates the sweep directory.
+:meth:`PreparedSweep.connect` starts or joins Ray and returns a driver that has found its
+parent run and whatever earlier drivers left behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.planning import Plan
+from orchestrator.sweep_dir import SweepDir, SweepState
+from trainers.config_loading import ConfigError
+
+OFFLINE_TASKS_HINT = "Offline alternatives: eval.tasks=[mmlu_offline,perplexity_offline]."
+
+
+@dataclass
+class PreparedSweep:
+    plan: Plan
+    directory: SweepDir
+    state: SweepState
+    optuna_url: str
+    tracking_uri: str
+    experiment: str
+    placement: str = ""
+    _store: Any = None
+    _cluster: Any = None
+
+    def connect(self, address: str | None, num_gpus: int | None, num_cpus: int | None,
+                concurrency: int | None, trial_fn: Callable[..., Any]) -> Any:
+        """Start or join Ray, open the studies, find the parent run and earlier work."""
+        from orchestrator.cluster import Cluster
+        from orchestrator.search import StudyStore
+        from orchestrator.sweep import SweepDriver
+
+        spec = self.plan.spec
+        self._cluster = Cluster(address, num_gpus, num_cpus)
+        capacity = self._cluster.connect()
+        gpus = spec.resources.gpus if capacity.gpus > 0 else 0.0
+        fits = [capacity.cpus / spec.resources.cpus]
+        if gpus > 0:
+            fits.append(capacity.gpus / gpus)
+        limit = concurrency or spec.concurrency or max(1, int(min(fits)))
+        self.placement = (f"{capacity.gpus:g} GPUs ({gpus:g} per trial), {capacity.cpus:g} CPUs" if gpus
+                          else f"{capacity.cpus:g} CPUs (no GPU in the cluster: trials run on CPU)")
+        self._store = StudyStore(self.optuna_url, spec)
+        driver = SweepDriver(self.plan, self.directory, self.state, self._store, self.tracking_uri,
+                             self.experiment, self._cluster, limit, gpus, trial_fn)
+        driver.open_parent()
+        driver.recover()
+        return driver
+
+    def status_rows(self) -> list[dict[str, Any]]:
+        from orchestrator.search import StudyStore
+
+        store = self._store or StudyStore(self.optuna_url, self.plan.spec)
+        return status_rows(self.plan, store)
+
+    def close(self) -> None:
+        if self._cluster is not None and not self._cluster.address:
+            self._cluster.shutdown()
+
+
+def resolve_storage(plan: Plan, directory: SweepDir, root: Path) -> tuple[str, str, str]:
+    """(Optuna URL, MLflow tracking URI, MLflow experiment) of a sweep."""
+    from orchestrator.search import sqlite_url
+    from orchestrator.tracking import resolve_uri
+
+    spec, base = plan.spec, plan.cells[0].config
+    optuna_url = spec.storage.optuna or sqlite_url(directory.optuna_file.resolve())
+    tracking = resolve_uri(spec.storage.tracking or base.tracking.uri, root)
+    return optuna_url, tracking, spec.storage.experiment or base.tracking.experiment
+
+
+def prepare_sweep(plan: Plan, root: Path) -> PreparedSweep:
+    """Check everything cheap, then create (or reopen) the sweep directory."""
+    from evaluation.harness import check_tasks
+    from orchestrator.search import check_storage
+    from orchestrator.tracking import check_reachable, redact
+    from trainers import hub
+
+    directory = SweepDir.of(root, plan.spec.name)
+    existing = directory.load() if directory.exists() else None
+    if existing is not None and existing.fingerprint != plan.fingerprint():
+        raise ConfigError([("", f"sweep {plan.spec.name!r} exists in {directory.path} with a different "
+                                "plan (cells, seeds, search or objectives changed); give this spec another "
+                                "name, or remove that directory to start over")], plan.source)
+    optuna_url, tracking, experiment = resolve_storage(plan, directory, root)
+    if not optuna_url.startswith("sqlite"):
+        check_storage(optuna_url)
+    check_reachable(tracking)
+    evaluations = {cell.config.eval.model_dump_json(): cell.config.eval for cell in plan.cells}
+    for evaluation in evaluations.values():
+        if evaluation.tasks:
+            check_tasks(evaluation)
+        if evaluation.needs_hub:
+            hub.require_hub(f"the data of lm-eval tasks {', '.join(evaluation.needs_hub)}",
+                            offline_hint=OFFLINE_TASKS_HINT)
+    state = existing or directory.create(plan)
+    state.optuna, state.tracking = redact(optuna_url), redact(tracking)
+    directory.save(state)
+    return PreparedSweep(plan, directory, state, optuna_url, tracking, experiment)
+
+
+def status_rows(plan: Plan, store: Any) -> list[dict[str, Any]]:
+    """One row per planned trial slot: cell, seed, number, state, objectives, duration, run id."""
+    rows = []
+    existing = store.existing_study_names()
+    for planned in plan.studies():
+        records = [r for r in (store.trials(planned) if planned.name in existing else [])
+                   if r.state != "WAITING"]  # queued parameters not asked yet: still pending
+        for record in records:
+            status = record.outcome.get("status") or {"RUNNING": "running", "COMPLETE": "finished",
+                                                      "PRUNED": "pruned"}.get(record.state, "failed")
+            rows.append({"cell": planned.cell.describe(), "seed": planned.seed, "trial": record.number,
+                         "status": status, "values": record.values, "params": record.params,
+                         "seconds": record.outcome.get("seconds", record.duration_s),
+                         "run_id": record.attrs.get("run_id"), "reason": record.outcome.get("reason", "")})
+        for number in range(len(records), planned.n_trials):
+            rows.append({"cell": planned.cell.describe(), "seed": planned.seed, "trial": number,
+                         "status": "pending", "values": None, "params": {}, "seconds": None,
+                         "run_id": None, "reason": ""})
+    return rows

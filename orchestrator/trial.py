@@ -1,0 +1,220 @@
+"""One trial, complete: ``run_trial(config, tracker, workdir) -> TrialResult``.
+
+Train (``trainers``), evaluate the model in memory (``evaluation``), record everything
+through ``tracker``. A plain function: no Ray and no Optuna; the sweep runner wraps it.
+
+What the tracker receives:
+
+* params: the flattened trial config (``quant.type``, ``lora.r``, ...);
+* metrics: ``train/*`` at every step; ``model/*`` footprint at step 0; ``eval/*`` at the last
+  step, and at step 0 for the untuned base when ``eval.baseline`` is on;
+* artifacts: ``config.yaml``, ``environment.json``, ``adapter/`` (peft, safetensors),
+  ``eval/results.json`` (lm-eval's), ``eval/baseline/results.json``, ``traceback.txt`` on failure;
+* tags: ``qsweep.status`` (running, finished, nan, pruned, failed), ``qsweep.reason``,
+  ``qsweep.trial_hash``, ``qsweep.data_type``.
+
+A trial that runs again in the same work directory and run (a sweep retrying it) resumes from
+its newest checkpoint and logs only the steps that the run does not hold yet: its metric
+histories stay complete, without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from orchestrator.config import TrialConfig
+from trainers.metrics import StepMetrics, TrainResult
+
+log = logging.getLogger("qsweep")
+
+
+class TrialPruned(Exception):
+    """Raised from the step callback when the pruner stops the trial; ends it as ``pruned``."""
+
+    def __init__(self, step: int, value: float):
+        self.step, self.value = step, value
+        super().__init__(f"pruned at step {step} (intermediate value {value:.6g})")
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """Intermediate evaluations for a pruner: every ``report_every`` steps, ``report(step, value)``.
+
+    The value is the trial's objective ``metric`` measured now: an ``eval/...`` metric runs
+    the trial's evaluation; ``train/final_loss`` is the mean loss of the steps since the last
+    report. ``report`` returns True to stop the trial (it is then ``pruned``).
+    """
+
+    report_every: int
+    metric: str
+    report: Callable[[int, float], bool]
+
+
+class Tracker(Protocol):
+    """Where a trial's records go (``orchestrator.tracking.MlflowTracker`` in practice)."""
+
+    run_id: str
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def last_logged_step(self, metric: str) -> int: ...
+
+
+@dataclass
+class TrialResult:
+    """How a trial ended and what it measured."""
+
+    status: str
+    """finished, nan (non-finite loss), pruned or failed."""
+    reason: str
+    run_id: str
+    workdir: Path
+    train: TrainResult | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Evaluation of the trained model (``eval/...``)."""
+    baseline_metrics: dict[str, float] = field(default_factory=dict)
+    """Evaluation of the untuned base, when ``eval.baseline`` is on."""
+
+
+def excluded_subjects(cfg: TrialConfig) -> tuple[str, ...]:
+    """MMLU subjects the trial trained on, which its evaluation must leave out."""
+    from trainers.mmlu import TRAIN_SUBJECTS
+
+    return TRAIN_SUBJECTS if cfg.data.name == "mmlu-heldout" else ()
+
+
+def redacted_config(cfg: TrialConfig) -> dict[str, Any]:
+    """The resolved config as YAML-able data, with the tracking URI's credentials masked."""
+    from orchestrator.tracking import redact
+
+    values = cfg.to_dict()
+    if values["tracking"]["uri"]:
+        values["tracking"]["uri"] = redact(values["tracking"]["uri"])
+    return values
+
+
+def _train_metrics(metrics: StepMetrics) -> dict[str, float]:
+    return {
+        "train/loss": metrics.loss,
+        "train/learning_rate": metrics.learning_rate,
+        "train/grad_norm": metrics.grad_norm,
+        "train/tokens_per_s": metrics.tokens_per_s,
+        "train/peak_memory_bytes": float(metrics.peak_memory_bytes),
+        "train/epoch": metrics.epoch,
+    }
+
+
+def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
+              on_step: Callable[[StepMetrics], None] | None = None,
+              pruning: Pruning | None = None) -> TrialResult:
+    """Train, evaluate and record one trial. See the module docstring for what is recorded.
+
+    A non-finite loss ends the trial with status ``nan`` (no evaluation); a pruner's stop
+    (``pruning``) with status ``pruned``. Any exception is recorded (status ``failed``,
+    reason, ``traceback.txt``) and raised again.
+    """
+    from evaluation.harness import EvalOutcome, evaluate_model
+    from orchestrator.fingerprint import environment_fingerprint
+    from trainers.loop import fit, prepare
+    from trainers.model import DTYPES
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tracker.set_tags({"qsweep.status": "running", "qsweep.trial_hash": cfg.content_hash(),
+                      "qsweep.data_type": cfg.quant.label})
+    tracker.log_params(cfg.flat())
+    config_file = workdir / "config.yaml"
+    config_file.write_text(yaml.safe_dump(redacted_config(cfg), sort_keys=False))
+    tracker.log_artifact(config_file)
+    try:
+        setup = prepare(cfg)
+        qlora = setup.qlora
+        fingerprint = workdir / "environment.json"
+        fingerprint.write_text(json.dumps(environment_fingerprint(setup.data_sha256), indent=1))
+        tracker.log_artifact(fingerprint)
+        tracker.log_metrics({
+            "model/base_weight_bytes": float(qlora.footprint.total_bytes),
+            "model/quantized_bytes": float(qlora.footprint.quantized_bytes),
+            "model/bits_per_quantized_param": qlora.footprint.bits_per_quantized_param,
+            "model/trainable_params": float(qlora.trainable_params),
+        }, step=0)
+        def evaluate() -> EvalOutcome:
+            return evaluate_model(qlora.model, qlora.tokenizer, cfg.eval,
+                                  compute_dtype=DTYPES[cfg.quant.compute_dtype],
+                                  weight_dtype=DTYPES[cfg.model.dtype],
+                                  exclude_subjects=excluded_subjects(cfg))
+
+        baseline: dict[str, float] = {}
+        if cfg.eval.tasks and cfg.eval.baseline:
+            log.info("evaluating the untuned base model (step 0)")
+            with qlora.model.disable_adapter():
+                outcome = evaluate()
+            baseline = outcome.metrics
+            tracker.log_metrics(baseline, step=0)
+            for path in outcome.write(workdir / "eval" / "baseline"):
+                tracker.log_artifact(path, "eval/baseline")
+
+        logged = tracker.last_logged_step("train/loss")
+        window: list[float] = []
+
+        def record_step(metrics: StepMetrics) -> None:
+            if metrics.step > logged:
+                tracker.log_metrics(_train_metrics(metrics), step=metrics.step)
+            if on_step is not None:
+                on_step(metrics)
+            window.append(metrics.loss)
+            if pruning is None or metrics.step % pruning.report_every or metrics.step == cfg.train.max_steps:
+                return
+            if pruning.metric == "train/final_loss":
+                value = sum(window) / len(window)
+            else:
+                intermediate = evaluate().metrics
+                tracker.log_metrics(intermediate, step=metrics.step)
+                value = intermediate[pruning.metric]
+            window.clear()
+            if pruning.report(metrics.step, value):
+                raise TrialPruned(metrics.step, value)
+
+        try:
+            trained = fit(setup, cfg, workdir, record_step)
+        except TrialPruned as pruned:
+            tracker.set_tags({"qsweep.status": "pruned", "qsweep.reason": str(pruned)})
+            return TrialResult("pruned", str(pruned), tracker.run_id, workdir, baseline_metrics=baseline)
+        if trained.status != "finished":
+            tracker.set_tags({"qsweep.status": trained.status, "qsweep.reason": trained.reason})
+            return TrialResult(trained.status, trained.reason, tracker.run_id, workdir, trained,
+                               baseline_metrics=baseline)
+        tracker.log_artifact(trained.adapter_dir, "adapter")
+        metrics: dict[str, float] = {}
+        if cfg.eval.tasks:
+            log.info("evaluating the trained model")
+            outcome = evaluate()
+            metrics = outcome.metrics
+            tracker.log_metrics(metrics, step=trained.steps)
+            for path in outcome.write(workdir / "eval"):
+                tracker.log_artifact(path, "eval")
+        tracker.log_metrics({"train/final_loss": trained.final_loss or float("nan"),
+                             "train/mean_tokens_per_s": trained.tokens_per_s}, step=trained.steps)
+        tracker.set_tags({"qsweep.status": "finished", "qsweep.reason": trained.reason})
+        return TrialResult("finished", trained.reason, tracker.run_id, workdir, trained,
+                           metrics=metrics, baseline_metrics=baseline)
+    except BaseException as err:
+        reason = f"{type(err).__name__}: {err}"[:500]
+        trace = workdir / "traceback.txt"
+        trace.write_text("".join(traceback.format_exception(err)))
+        try:
+            tracker.set_tags({"qsweep.status": "failed", "qsweep.reason": reason})
+            tracker.log_artifact(trace)
+        except Exception:  # noqa: BLE001 - the original error matters more than this one
+            log.exception("could not record the failure")
+        raise

@@ -1,0 +1,74 @@
+"""``qsweep trial`` into the local store, and ``qsweep ui`` serving it on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+QSWEEP = str(Path(sys.executable).parent / "qsweep")
+
+
+@pytest.fixture(scope="module")
+def local_trial(tiny_model_dir: Path, repeated_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("cli-trial")
+    config = home / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
+        "quant": {"compute_dtype": "fp32"},
+        "lora": {"r": 8, "dropout": 0.0},
+        "train": {"max_steps": 4, "micro_batch_size": 4, "grad_accum_steps": 1, "learning_rate": 1e-2,
+                  "optimizer": "adamw", "checkpoint_every": 0, "gradient_checkpointing": False,
+                  "device": "cpu"},
+        "data": {"path": str(repeated_data)},
+        "eval": {"tasks": ["perplexity_offline"], "limit": 3, "baseline": True},
+    }))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([QSWEEP, "trial", str(config), "--root", "runs"], cwd=home, capture_output=True,
+                          text=True, env={**env, "COLUMNS": "200"}, check=False)
+    return home, done
+
+
+def test_trial_prints_the_evaluation_and_the_run(local_trial) -> None:
+    home, done = local_trial
+    assert done.returncode == 0, done.stderr
+    assert "perplexity_offline/word_perplexity" in done.stdout
+    assert "base (step 0)" in done.stdout
+    run_id = done.stdout.split("MLflow run id: ")[1].split()[0]
+    client = MlflowClient(f"sqlite:///{home / 'runs' / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["qsweep.status"] == "finished"
+    assert f"#/experiments/{run.info.experiment_id}/runs/{run_id}" in done.stdout
+    assert (home / "runs" / "mlartifacts").is_dir()
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"adapter", "config.yaml", "eval"}
+
+
+def test_ui_serves_the_local_store_on_loopback_only(local_trial, launch_server) -> None:
+    home, done = local_trial
+    run_id = done.stdout.split("MLflow run id: ")[1].split()[0]
+    _, port = launch_server(lambda port: [QSWEEP, "ui", "--root", "runs", "--port", str(port)], "/health",
+                            cwd=home)
+    base = f"http://127.0.0.1:{port}"
+    listening = {c.laddr.ip for c in psutil.net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert listening == {"127.0.0.1"}
+    with urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}") as answer:
+        run = json.load(answer)["run"]
+    assert run["info"]["status"] == "FINISHED"
+    with urllib.request.urlopen(f"{base}/api/2.0/mlflow/artifacts/list?run_id={run_id}") as answer:
+        files = {f["path"] for f in json.load(answer)["files"]}
+    assert "adapter" in files
+
+
+def test_ui_without_a_store_says_so(tmp_path: Path) -> None:
+    done = subprocess.run([QSWEEP, "ui", "--root", str(tmp_path)], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 1 and "no local MLflow store" in done.stderr

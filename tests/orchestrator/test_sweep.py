@@ -1,0 +1,276 @@
+"""Sweeps on real Ray (a local cluster declaring 4 GPUs), real Optuna storage, a real MLflow server.
+
+Each test runs the ``qsweep`` command line as a user would, on the tiny random Llama, and
+reads the results back from Optuna's storage and through ``MlflowClient``. Faults are real:
+the driver and a worker are SIGKILLed, and an out-of-memory error is a real
+``torch.OutOfMemoryError`` raised by the trainer (``QSWEEP_FAULT_OOM``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from orchestrator.planning import load_plan
+
+QSWEEP = str(Path(sys.executable).parent / "qsweep")
+
+
+@pytest.fixture
+def sweep_spec(tmp_path: Path, tiny_model_dir: Path, repeated_data: Path, mlflow_server: str):
+    """Write a sweep spec over the tiny model, recorded in the MLflow server."""
+    def write(name: str, *, train: dict[str, Any] | None = None, **spec: Any) -> Path:
+        data = {
+            "name": name,
+            "trial": {
+                "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
+                "quant": {"compute_dtype": "fp32"},
+                "lora": {"r": 8, "dropout": 0.0},
+                "train": {"max_steps": 4, "micro_batch_size": 4, "grad_accum_steps": 1, "learning_rate": 1e-2,
+                          "optimizer": "adamw", "checkpoint_every": 2, "gradient_checkpointing": False,
+                          "device": "cpu", **(train or {})},
+                "data": {"path": str(repeated_data)},
+                "eval": {"tasks": []},
+            },
+            "storage": {"tracking": mlflow_server, "experiment": f"sweep-{name}", **spec.pop("storage", {})},
+            **spec,
+        }
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+def qsweep(*args: str, root: Path, env: dict[str, str] | None = None,
+           timeout: float = 900) -> subprocess.CompletedProcess:
+    done = subprocess.run([QSWEEP, *args, "--root", str(root)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "250", **(env or {})}, timeout=timeout, check=False)
+    print(done.stdout[-4000:], done.stderr[-4000:], sep="\n")
+    return done
+
+
+def optuna_trials(storage: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    """Every study of the storage, by name, with its trials."""
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage).trials
+            for s in summaries}
+
+
+def children(client: MlflowClient, parent_run_id: str) -> list[Any]:
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+def parent_of(client: MlflowClient, experiment: str) -> Any:
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                              "tags.`qsweep.role` = 'sweep'")
+    assert len(runs) == 1, "exactly one parent run per sweep"
+    return runs[0]
+
+
+def assert_exactly_once(root: Path, name: str, client: MlflowClient, experiment: str, cells: int,
+                        seeds: int, storage: str | None = None) -> list[Any]:
+    """Each (cell, seed) has one COMPLETE Optuna trial and one FINISHED child run; returns the runs."""
+    storage = storage or f"sqlite:///{root / 'sweeps' / name / 'optuna.db'}"
+    studies = optuna_trials(storage)
+    assert len(studies) == cells * seeds
+    for trials in studies.values():
+        assert [t.state.name for t in trials] == ["COMPLETE"]
+    parent = parent_of(client, experiment)
+    runs = children(client, parent.info.run_id)
+    assert len(runs) == cells * seeds
+    cells_seeds = Counter((r.data.tags["qsweep.cell"], r.data.tags["qsweep.seed"]) for r in runs)
+    assert set(cells_seeds.values()) == {1}
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["qsweep.status"] for r in runs} == {"finished"}
+    by_id = {r.info.run_id: r for r in runs}
+    for study, trials in studies.items():
+        run = by_id[trials[0].user_attrs["run_id"]]
+        assert run.data.tags["qsweep.optuna_study"] == study and run.data.tags["qsweep.optuna_trial"] == "0"
+        assert trials[0].user_attrs["outcome"]["status"] == "finished"
+        assert trials[0].values == [run.data.metrics["train/final_loss"]]
+    return runs
+
+
+def wait_for(condition, timeout: float = 300, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def trial_dirs(root: Path, name: str) -> tuple[list[Path], list[Path]]:
+    """(finished, unfinished-with-a-checkpoint) trial work directories of a sweep."""
+    dirs = list((root / "sweeps" / name / "trials").glob("*"))
+    finished = [d for d in dirs if (d / "adapter" / "adapter_model.safetensors").exists()]
+    running = [d for d in dirs if d not in finished and list(d.glob("checkpoints/step-*/trainer_state.json"))]
+    return finished, running
+
+
+def metric_steps(client: MlflowClient, run_id: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
+
+
+# Every trial starts a fresh worker process that imports torch, transformers, peft and
+# bitsandbytes (about 30 s of CPU on a 2-core machine), so the tests below share sweeps:
+# one grid sweep is also the killed-driver test, one sweep of faulty cells covers every failure.
+
+
+def test_grid_sweep_survives_a_killed_driver_with_every_cell_exactly_once(
+        sweep_spec, ray_cluster, mlflow_server, tmp_path: Path) -> None:
+    """A 2x2 grid x 2 seeds; the driver is SIGKILLed once two trials have finished and another
+    has a checkpoint; ``qsweep resume`` completes it: no trial lost, none run twice."""
+    steps = 40
+    spec = sweep_spec("grid", grid={"quant.type": ["nf4", "fp4"], "quant.double_quant": [True, False]},
+                      seeds=[0, 1], concurrency=2, train={"max_steps": steps, "checkpoint_every": 2})
+    root = tmp_path / "runs"
+    driver = subprocess.Popen([QSWEEP, "run", str(spec), "--address", ray_cluster, "--root", str(root)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: all(trial_dirs(root, "grid")), what="two finished trials and another's checkpoint")
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    finished_before = {d.name for d in trial_dirs(root, "grid")[0]}
+    interrupted = {d.name for d in trial_dirs(root, "grid")[1]}
+
+    done = qsweep("resume", "grid", "--address", ray_cluster, root=root)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(finished_before)} trials already ended" in done.stdout
+    client = MlflowClient(mlflow_server)
+    runs = assert_exactly_once(root, "grid", client, "sweep-grid", cells=4, seeds=2)
+    labels = Counter((r.data.tags["qsweep.axis.quant.type"], r.data.tags["qsweep.axis.quant.double_quant"])
+                     for r in runs)
+    assert labels == {(t, d): 2 for t in ("nf4", "fp4") for d in ("true", "false")}
+    resumed = {f"{r.data.tags['qsweep.cell']}-seed{r.data.tags['qsweep.seed']}-t0": r for r in runs
+               if int(r.data.tags.get("qsweep.resumed_from_step", 0)) > 0}
+    assert resumed and set(resumed) <= interrupted  # interrupted trials continued from checkpoints
+    for run in runs:  # complete histories: no step lost, none logged twice
+        assert metric_steps(client, run.info.run_id) == list(range(1, steps + 1))
+    for log in (root / "sweeps" / "grid" / "trials").glob("*/trial.log"):  # Ray gave each a GPU
+        assert re.search(r"CUDA_VISIBLE_DEVICES=[0-3]\b", log.read_text()), log
+    parent = parent_of(client, "sweep-grid")
+    assert parent.info.status == "FINISHED" and parent.data.params["sweep.trials"] == "8"
+    assert {"spec.redacted.yaml", "plan.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+    status = qsweep("status", "grid", root=root)
+    assert status.returncode == 0 and status.stdout.count(" finished ") == 8 and "8 finished" in status.stdout
+
+
+def test_failures_worker_killed_out_of_memory_and_an_exception(sweep_spec, ray_cluster, mlflow_server,
+                                                               tmp_path: Path) -> None:
+    """Three cells: one whose worker is SIGKILLed mid-trial (Ray retries it from its checkpoint),
+    one that runs out of memory at micro-batch 4 (a real torch.OutOfMemoryError from the trainer),
+    one with broken data (it fails; the sweep goes on)."""
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "p", "response": "r"}\n{not json\n')
+    spec = sweep_spec("faults", retries=1, concurrency=2,
+                      train={"micro_batch_size": 2, "grad_accum_steps": 2, "max_steps": 4}, grid={
+                          "case": {"killed": {"train.max_steps": 40, "train.checkpoint_every": 2},
+                                   "oom": {"train.micro_batch_size": 4, "train.grad_accum_steps": 1},
+                                   "broken": {"data.path": str(broken)}}})
+    root = tmp_path / "runs"
+    driver = subprocess.Popen([QSWEEP, "run", str(spec), "--address", ray_cluster, "--root", str(root)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "QSWEEP_FAULT_OOM": "step=2,min_micro_batch=4"})
+    (killed_cell,) = [c for c in load_plan(spec).cells if c.labels["case"] == "killed"]
+    workdir = root / "sweeps" / "faults" / "trials" / f"{killed_cell.key}-seed0-t0"
+    wait_for(lambda: list(workdir.glob("checkpoints/step-*/trainer_state.json")),
+             what="a checkpoint of the trial to kill")
+    pid_file = workdir / "worker.pid"
+    first_worker = int(pid_file.read_text())
+    os.kill(first_worker, signal.SIGKILL)
+    out, err = driver.communicate(timeout=900)
+    print(out[-3000:], err[-3000:])
+    assert driver.returncode == 1  # a trial failed; the sweep still ran every one
+    client = MlflowClient(mlflow_server)
+    parent = parent_of(client, "sweep-faults")
+    runs = {r.data.tags["qsweep.axis.case"]: r for r in children(client, parent.info.run_id)}
+    assert len(runs) == 3
+    studies = optuna_trials(f"sqlite:///{root / 'sweeps' / 'faults' / 'optuna.db'}")
+
+    killed = runs["killed"]
+    assert int(pid_file.read_text()) != first_worker  # a new worker process ran the retry
+    assert killed.data.tags["qsweep.status"] == "finished" and killed.info.status == "FINISHED"
+    assert int(killed.data.tags["qsweep.resumed_from_step"]) >= 2
+    assert metric_steps(client, killed.info.run_id) == list(range(1, 41))
+
+    oom = runs["oom"]
+    assert oom.data.tags["qsweep.status"] == "finished" and oom.info.status == "FINISHED"
+    assert oom.data.tags["qsweep.oom_retries"] == "1"
+    adjusted = oom.data.tags["qsweep.adjusted"]
+    assert "train.micro_batch_size 4 -> 2" in adjusted and "train.grad_accum_steps 1 -> 2" in adjusted
+    assert "injected by QSWEEP_FAULT_OOM" in adjusted
+    (trial,) = studies[oom.data.tags["qsweep.optuna_study"]]
+    assert trial.state.name == "COMPLETE"
+    assert trial.user_attrs["adjust"] == {"train.micro_batch_size": 2, "train.grad_accum_steps": 2}
+
+    failed = runs["broken"]
+    assert failed.data.tags["qsweep.status"] == "failed" and failed.info.status == "FAILED"
+    assert "not valid JSON" in failed.data.tags["qsweep.reason"]
+    trace = client.download_artifacts(failed.info.run_id, "traceback.txt", str(tmp_path))
+    assert "DataError" in Path(trace).read_text()
+    (trial,) = studies[failed.data.tags["qsweep.optuna_study"]]
+    assert trial.state.name == "FAIL"
+
+
+def test_tpe_search_with_a_median_pruner_prunes(sweep_spec, ray_cluster, mlflow_server, postgres_url,
+                                                tmp_path: Path) -> None:
+    """On PostgreSQL storage (the other sweeps use the default SQLite). Built to be prunable: the
+    first two trials learn fast (learning rate 5e-2), the third is queued with 1e-8 — its loss
+    stays put, behind the median of the finished trials at its first report (the third starts
+    only when a slot frees, so at least one has finished); TPE chooses the fourth."""
+    search = {"n_trials": 4, "sampler": "tpe",
+              "space": {"train.learning_rate": {"type": "float", "low": 1e-8, "high": 1e-1, "log": True}},
+              "enqueue": [{"train.learning_rate": 5e-2}, {"train.learning_rate": 5e-2},
+                          {"train.learning_rate": 1e-8}],
+              "pruner": {"type": "median", "report_every": 2, "n_startup_trials": 1}}
+    spec = sweep_spec("pruned", train={"max_steps": 12}, concurrency=2, storage={"optuna": postgres_url},
+                      search=search)
+    root = tmp_path / "runs"
+    done = qsweep("run", str(spec), "--address", ray_cluster, root=root)
+    assert done.returncode == 0, done.stderr
+    (trials,) = optuna_trials(postgres_url).values()
+    states = Counter(t.state.name for t in trials)
+    assert states["PRUNED"] >= 1 and states["COMPLETE"] >= 2 and sum(states.values()) == 4
+    pruned = next(t for t in trials if t.state.name == "PRUNED")
+    assert pruned.number == 2 and pruned.params["train.learning_rate"] == 1e-8
+    assert pruned.intermediate_values  # the pruner decided on reported values
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(pruned.user_attrs["run_id"])
+    assert run.data.tags["qsweep.status"] == "pruned" and run.info.status == "KILLED"
+    assert "pruned at step" in run.data.tags["qsweep.reason"]
+    assert max(metric_steps(client, run.info.run_id)) < 12
+
+
+def test_broken_specs_and_unreachable_services_start_nothing(sweep_spec, closed_port,
+                                                            tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    bad = sweep_spec("bad", grid={"quant.type": ["nf4", "int4"]}, seeds=[])
+    done = qsweep("run", str(bad), root=root)
+    assert done.returncode == 2
+    assert "grid.quant.type[1]: must be one of" in done.stderr
+    assert "seeds: must list at least one seed" in done.stderr
+    down = sweep_spec("down", storage={"tracking": f"http://u:hunter2@127.0.0.1:{closed_port}"})
+    done = qsweep("run", str(down), root=root)
+    assert done.returncode == 1 and "cannot reach the MLflow tracking server" in done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
+    no_db = sweep_spec("no-db", storage={"optuna": f"postgresql+psycopg2://u:hunter2@127.0.0.1:{closed_port}/x"})
+    done = qsweep("run", str(no_db), root=root)
+    assert done.returncode == 1 and "cannot use the Optuna storage" in done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (root / "sweeps").exists()  # nothing was created, no Ray was started

@@ -1,0 +1,190 @@
+"""A whole trial recorded in a real MLflow server, read back through MlflowClient."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from orchestrator.tracking import MlflowTracker, TrackingUnavailable, check_reachable, redact
+from orchestrator.trial import run_trial
+from trainers.data_recipes import load_records
+from trainers.loop import records_sha256
+
+SECRET = "s3cret-pa55"
+
+
+def with_credentials(uri: str) -> str:
+    return uri.replace("http://", f"http://alice:{SECRET}@")
+
+
+@pytest.fixture(scope="module")
+def finished_trial(mlflow_server: str, tiny_model_dir: Path, repeated_data: Path,
+                   tmp_path_factory: pytest.TempPathFactory):
+    """One tiny trial with baseline and final evaluation, recorded in the server."""
+    from orchestrator.config import TrialConfig
+    from trainers.config_loading import validate
+
+    cfg = validate({
+        "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
+        "quant": {"type": "nf4", "double_quant": True, "compute_dtype": "fp32"},
+        "lora": {"r": 8, "dropout": 0.0},
+        "train": {"max_steps": 6, "micro_batch_size": 4, "grad_accum_steps": 1, "learning_rate": 1e-2,
+                  "optimizer": "adamw", "checkpoint_every": 3, "gradient_checkpointing": False,
+                  "device": "cpu"},
+        "data": {"path": str(repeated_data)},
+        "eval": {"tasks": ["mmlu_offline", "perplexity_offline"], "limit": 1, "num_fewshot": 1,
+                 "baseline": True},
+        "tracking": {"uri": with_credentials(mlflow_server), "experiment": "trial-test"},
+    }, TrialConfig)
+    tracker = MlflowTracker.start(cfg.tracking.uri, cfg.tracking.experiment, "tiny")
+    workdir = tmp_path_factory.mktemp("trial")
+    result = run_trial(cfg, tracker, workdir)
+    tracker.finish("FINISHED")
+    return cfg, result, tracker
+
+
+def test_run_holds_params_tags_and_complete_metric_histories(finished_trial, mlflow_server) -> None:
+    cfg, result, tracker = finished_trial
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["qsweep.status"] == "finished"
+    assert run.data.tags["qsweep.trial_hash"] == cfg.content_hash()
+    assert run.data.tags["qsweep.data_type"] == "NF4+DQ"
+    assert run.data.params == {k: "null" if v is None else str(v) for k, v in cfg.flat().items()}
+    assert run.data.params["quant.type"] == "nf4" and run.data.params["lora.r"] == "8"
+
+    losses = client.get_metric_history(tracker.run_id, "train/loss")
+    assert [m.step for m in losses] == [1, 2, 3, 4, 5, 6]
+    assert [m.value for m in losses] == [m.loss for m in result.train.history]
+    for name in ("train/learning_rate", "train/grad_norm", "train/tokens_per_s", "train/peak_memory_bytes"):
+        assert len(client.get_metric_history(tracker.run_id, name)) == 6, name
+
+    accuracy = client.get_metric_history(tracker.run_id, "eval/mmlu_offline/acc")
+    assert [m.step for m in sorted(accuracy, key=lambda m: m.step)] == [0, 6]
+    by_step = {m.step: m.value for m in accuracy}
+    assert by_step[0] == result.baseline_metrics["eval/mmlu_offline/acc"]
+    assert by_step[6] == result.metrics["eval/mmlu_offline/acc"]
+    for name in ("eval/mmlu_offline/stem/acc", "eval/mmlu_offline/acc_subject_mean", "eval/perplexity",
+                 "eval/perplexity_offline/byte_perplexity", "model/bits_per_quantized_param"):
+        assert name in run.data.metrics, name
+
+
+def test_adapter_config_and_fingerprint_come_back_as_artifacts(finished_trial, mlflow_server,
+                                                               tiny_model_dir, repeated_data,
+                                                               tmp_path: Path) -> None:
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from trainers.model import bnb_config
+
+    cfg, result, tracker = finished_trial
+    client = MlflowClient(mlflow_server)
+    names = {a.path for a in client.list_artifacts(tracker.run_id)}
+    assert {"adapter", "config.yaml", "environment.json", "eval"} <= names
+
+    adapter = Path(client.download_artifacts(tracker.run_id, "adapter", str(tmp_path)))
+    local = load_file(str(result.train.adapter_dir / "adapter_model.safetensors"))
+    remote = load_file(str(adapter / "adapter_model.safetensors"))
+    assert local.keys() == remote.keys() and all(torch.equal(local[k], remote[k]) for k in local)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=bnb_config(cfg.quant),
+                                                dtype=torch.float32)
+    model = peft.PeftModel.from_pretrained(base, adapter).eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        tuned = model(input_ids=ids).logits
+        with model.disable_adapter():
+            untuned = model(input_ids=ids).logits
+    assert not torch.allclose(tuned, untuned)
+
+    config_file = client.download_artifacts(tracker.run_id, "config.yaml", str(tmp_path))
+    config = yaml.safe_load(Path(config_file).read_text())
+    assert config["lora"] == cfg.to_dict()["lora"] and config["eval"] == cfg.to_dict()["eval"]
+    fingerprint = json.loads(Path(client.download_artifacts(
+        tracker.run_id, "environment.json", str(tmp_path))).read_text())
+    assert fingerprint["packages"]["torch"] == torch.__version__
+    assert {"python", "cuda", "driver", "gpus", "project_commit"} <= set(fingerprint)
+    assert fingerprint["packages"]["bitsandbytes"] and fingerprint["packages"]["lm_eval"]
+    assert fingerprint["data_sha256"] == records_sha256(load_records(cfg.data))
+    results = json.loads(Path(client.download_artifacts(tracker.run_id, "eval/results.json",
+                                                        str(tmp_path))).read_text())
+    assert "perplexity_offline" in results["results"]
+
+
+def test_credentials_are_never_recorded(finished_trial, mlflow_server, tmp_path: Path) -> None:
+    _, result, tracker = finished_trial
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(tracker.run_id)
+    recorded = json.dumps([run.data.params, run.data.tags])
+    for name in ("config.yaml", "environment.json"):
+        recorded += Path(client.download_artifacts(tracker.run_id, name, str(tmp_path))).read_text()
+    assert SECRET not in recorded
+    assert "alice:***" not in recorded and "***@127.0.0.1" in recorded  # the URI, masked
+
+
+def test_redact_masks_users_passwords_and_secret_query_values() -> None:
+    assert redact("http://bob:hunter2@host:5000/x") == "http://***@host:5000/x"
+    assert redact("postgresql://u:p@db/mlflow?sslmode=require&token=abc") == \
+        "postgresql://***@db/mlflow?sslmode=require&token=***"
+    assert redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_unreachable_server_is_one_clear_error(closed_port: int) -> None:
+    with pytest.raises(TrackingUnavailable, match="cannot reach the MLflow tracking server") as caught:
+        check_reachable(f"http://carol:{SECRET}@127.0.0.1:{closed_port}")
+    assert SECRET not in str(caught.value)
+
+
+def test_cli_stops_before_training_when_the_server_is_down(tiny_model_dir, repeated_data, closed_port,
+                                                          tmp_path: Path) -> None:
+    config = tmp_path / "trial.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name": str(tiny_model_dir)}, "data": {"path": str(repeated_data)},
+        "train": {"device": "cpu"}, "eval": {"tasks": ["perplexity_offline"]},
+        "tracking": {"uri": f"http://dave:{SECRET}@127.0.0.1:{closed_port}"}}))
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "trial", str(config),
+                           f"--root={tmp_path / 'runs'}"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "300"}, check=False)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot reach the MLflow tracking server" in errors[0]
+    assert SECRET not in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "runs" / "trials").exists()
+
+
+def test_a_failing_trial_is_recorded_with_its_traceback(mlflow_server, tiny_config, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "p", "response": "r"}\n{not json\n')
+    cfg = tiny_config(data={"path": str(broken)}, eval={"tasks": []})
+    tracker = MlflowTracker.start(mlflow_server, "trial-test", "broken")
+    with pytest.raises(Exception, match="not valid JSON"):
+        run_trial(cfg, tracker, tmp_path / "trial")
+    tracker.finish("FAILED")
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(tracker.run_id)
+    assert run.data.tags["qsweep.status"] == "failed"
+    assert "not valid JSON" in run.data.tags["qsweep.reason"]
+    trace = Path(client.download_artifacts(tracker.run_id, "traceback.txt", str(tmp_path))).read_text()
+    assert "DataError" in trace
+
+
+def test_a_nan_trial_is_tagged_nan(mlflow_server, tiny_config, tmp_path: Path) -> None:
+    cfg = tiny_config(train={"max_steps": 8, "learning_rate": 1e30, "max_grad_norm": 0},
+                      eval={"tasks": ["perplexity_offline"]})
+    tracker = MlflowTracker.start(mlflow_server, "trial-test", "nan")
+    result = run_trial(cfg, tracker, tmp_path / "trial")
+    tracker.finish("FAILED")
+    assert result.status == "nan" and not result.metrics
+    tags = MlflowClient(mlflow_server).get_run(tracker.run_id).data.tags
+    assert tags["qsweep.status"] == "nan" and "became" in tags["qsweep.reason"]
+

@@ -1,0 +1,192 @@
+"""What a trial will cost before it runs: peak GPU memory and training time, from the model's shape.
+
+A first-order model for Llama-shaped decoders, calibrated on the reference measurements of one
+H100 (GUIDE.md and ``bench/results/train_throughput_h100_*.json``: Llama-3-8B shape, seq 1024,
+LoRA r=64 on all linear layers). It is for planning (``qsweep plan`` prints it per sweep), not
+for accounting: expect ±25%.
+
+Memory (bytes) = base weights (4-bit: 4 bits + 0.5 bit of absmax per parameter, 0.127 with
+double quantization — the same arithmetic as ``trainers.footprint``; 8-bit: 8 bits + scales;
+16-bit: 2 bytes) + embeddings in 16 bits + LoRA weights, gradients and optimizer state
+(16 bytes per adapter parameter; 10 with 8-bit paged AdamW) + activations + logits.
+Activations per token and layer are ``ACTIVATION_BYTES_PER_HIDDEN`` x hidden size (fitted to
+the H100 figures without checkpointing); with gradient checkpointing only each layer's input is
+kept, plus one layer's activations during its recomputation. Logits are counted three times in
+fp32 (logits, their softmax, their gradient).
+
+Time: a frozen base costs 2N FLOPs per token forward and 2N backward (no weight gradients),
+plus 2N to recompute the forward under checkpointing. Achieved utilisation grows with the
+tokens per micro-batch (``UTILISATION``, fitted to 8% at 1,024 tokens and 23% at 4,096 on the
+H100's 989 dense bf16 TFLOP/s), and 16-bit LoRA runs 1.25x as fast as 4-bit at the same shape.
+Sequences are counted at their full length (max source + max target): an upper bound.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainers.config import TrainingConfig
+
+GIB = 2**30
+H100_BF16_FLOPS = 989e12
+"""Dense bf16 peak of the reference GPU (H100 SXM)."""
+ACTIVATION_BYTES_PER_HIDDEN = {4: 89.0, 8: 89.0, 16: 60.0}
+"""Saved activation bytes per token per layer, per unit of hidden size (fitted, see above)."""
+UTILISATION = ((1024, 0.08), (4096, 0.23), (16384, 0.30))
+"""(tokens per micro-batch, fraction of peak FLOP/s) measured/assumed for 4-bit QLoRA on an H100;
+interpolated in log(tokens), flat outside."""
+SPEEDUP_16BIT = 1.25
+"""16-bit LoRA over 4-bit at the same shape (H100: 9,061 vs 7,249 tokens/s)."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The dimensions of a Llama-shaped decoder."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    heads: int
+    kv_heads: int
+    tied_embeddings: bool = False
+
+    @property
+    def kv_width(self) -> int:
+        return self.hidden * self.kv_heads // self.heads
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each linear layer of one decoder layer, by module name."""
+        h, kv, i = self.hidden, self.kv_width, self.intermediate
+        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    @property
+    def linear_params(self) -> int:
+        """Parameters of the decoder layers' linear layers (what 4-bit quantization stores)."""
+        return self.layers * sum(a * b for a, b in self.linear_shapes().values())
+
+    @property
+    def embedding_params(self) -> int:
+        """Input embeddings and the LM head (kept in 16 bits)."""
+        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+
+    @property
+    def params(self) -> int:
+        return self.linear_params + self.embedding_params
+
+
+KNOWN_SHAPES: dict[str, ModelShape] = {
+    "huggyllama/llama-7b": ModelShape(32, 4096, 11008, 32000, 32, 32),
+    "huggyllama/llama-13b": ModelShape(40, 5120, 13824, 32000, 40, 40),
+    "huggyllama/llama-30b": ModelShape(60, 6656, 17920, 32000, 52, 52),
+    "huggyllama/llama-65b": ModelShape(80, 8192, 22016, 32000, 64, 64),
+    "meta-llama/Llama-2-7b-hf": ModelShape(32, 4096, 11008, 32000, 32, 32),
+    "meta-llama/Llama-2-13b-hf": ModelShape(40, 5120, 13824, 32000, 40, 40),
+    "meta-llama/Llama-2-70b-hf": ModelShape(80, 8192, 28672, 32000, 64, 8),
+    "meta-llama/Meta-Llama-3-8B": ModelShape(32, 4096, 14336, 128256, 32, 8),
+    "meta-llama/Llama-3.1-8B": ModelShape(32, 4096, 14336, 128256, 32, 8),
+    "meta-llama/Llama-3.1-70B": ModelShape(80, 8192, 28672, 128256, 64, 8),
+    "smollm2-135m-instruct": ModelShape(30, 576, 1536, 49152, 9, 3, tied_embeddings=True),
+}
+"""Shapes of common models, so an estimate needs no download; local directories are read from
+their config.json."""
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def shape_of(model_name: str) -> ModelShape | None:
+    """The shape of a known model or a local model directory; None when neither."""
+    if model_name in KNOWN_SHAPES:
+        return KNOWN_SHAPES[model_name]
+    config_file = Path(model_name).expanduser() / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    heads = config.get("num_attention_heads", 1)
+    return ModelShape(config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"],
+                      config["vocab_size"], heads, config.get("num_key_value_heads") or heads,
+                      bool(config.get("tie_word_embeddings", False)))
+
+
+def adapted_modules(target_modules: str | list[str]) -> tuple[str, ...]:
+    if target_modules == "attention":
+        return ATTENTION
+    if target_modules == "mlp":
+        return MLP
+    if target_modules == "all-linear":
+        return ATTENTION + MLP
+    return tuple(name.rsplit(".", 1)[-1] for name in target_modules)
+
+
+@dataclass(frozen=True)
+class TrainingCost:
+    """The estimate for one trial's training on the reference GPU."""
+
+    weight_bytes: float
+    adapter_params: int
+    adapter_state_bytes: float
+    activation_bytes: float
+    logit_bytes: float
+    tokens_per_s: float
+    tokens: int
+    """Tokens the trial trains on (steps x micro-batch x accumulation x sequence length)."""
+
+    @property
+    def peak_bytes(self) -> float:
+        return self.weight_bytes + self.adapter_state_bytes + self.activation_bytes + self.logit_bytes
+
+    @property
+    def seconds(self) -> float:
+        return self.tokens / self.tokens_per_s
+
+
+def weight_bytes(shape: ModelShape, bits: int, double_quant: bool) -> float:
+    """Stored bytes of the base model (see ``trainers.footprint`` for the arithmetic)."""
+    if bits == 4:
+        linear_bits = 4 + (8 / 64 + 32 / (64 * 256) if double_quant else 32 / 64)
+    elif bits == 8:
+        linear_bits = 8 + 32 / shape.hidden  # one fp32 scale per output row
+    else:
+        linear_bits = 16
+    return shape.linear_params * linear_bits / 8 + shape.embedding_params * 2
+
+
+def utilisation(tokens_per_micro_batch: int) -> float:
+    (x0, y0), *rest = UTILISATION
+    if tokens_per_micro_batch <= x0:
+        return y0
+    for x1, y1 in rest:
+        if tokens_per_micro_batch <= x1:
+            f = math.log(tokens_per_micro_batch / x0) / math.log(x1 / x0)
+            return y0 + f * (y1 - y0)
+        x0, y0 = x1, y1
+    return y0
+
+
+def training_cost(config: TrainingConfig, shape: ModelShape) -> TrainingCost:
+    """Peak memory and training time of ``config`` on ``shape`` (one reference GPU)."""
+    train, quant = config.train, config.quant
+    seq = train.max_source_length + train.max_target_length
+    tokens_per_micro_batch = train.micro_batch_size * seq
+    modules = adapted_modules(config.lora.target_modules)
+    adapter_params = shape.layers * sum(config.lora.r * (a + b)
+                                        for name, (a, b) in shape.linear_shapes().items() if name in modules)
+    state_bytes_per_param = 10 if train.optimizer == "paged_adamw_8bit" else 16
+    per_token_layer = ACTIVATION_BYTES_PER_HIDDEN[quant.bits] * shape.hidden
+    if train.gradient_checkpointing:
+        activations = tokens_per_micro_batch * (shape.layers * 2 * shape.hidden + per_token_layer)
+    else:
+        activations = tokens_per_micro_batch * shape.layers * per_token_layer
+    logits = 3 * 4 * tokens_per_micro_batch * shape.vocab
+    flops_per_token = (6 if train.gradient_checkpointing else 4) * shape.params
+    speed = utilisation(tokens_per_micro_batch) * H100_BF16_FLOPS / flops_per_token
+    if quant.bits == 16:
+        speed *= SPEEDUP_16BIT
+    tokens = train.max_steps * train.grad_accum_steps * tokens_per_micro_batch
+    return TrainingCost(weight_bytes(shape, quant.bits, quant.double_quant), adapter_params,
+                        adapter_params * state_bytes_per_param, activations, logits, speed, tokens)
