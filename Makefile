@@ -1,7 +1,8 @@
-# qsweep developer commands. `make test` sets up everything on a fresh clone, then tests.
+# qsweep developer commands. Each sets up what it needs on a fresh clone first.
 #
-#   make setup   create .venv: torch (CPU wheel by default) first, then qsweep with test extras
+#   make demo    setup + the offline demo sweep (sweeps/demo.yaml): prints the paper-style tables
 #   make test    setup + ruff + the whole pytest suite (what CI runs)
+#   make setup   create .venv: torch (CPU wheel by default) first, then qsweep with test extras
 #
 # GPU machines: make setup TORCH_SPEC=torch  (takes your platform's CUDA build)
 
@@ -11,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qsweep-installed
 
-.PHONY: setup test lint
+.PHONY: setup test lint demo browser
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -21,8 +22,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
+# The MLflow UI test drives Debian's Chromium through chromedriver; install them when missing
+# (as root with apt-get; otherwise that one test is skipped and says why).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium and chromium-driver for the browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "note: no chromium/chromedriver (apt-get install chromium chromium-driver); the UI test will skip"; fi
+
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint
+test: setup lint browser
 	$(BIN)/python -m pytest
+
+demo: setup
+	$(BIN)/qsweep run demo

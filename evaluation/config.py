@@ -43,6 +43,9 @@ class EvalConfig(ConfigSection):
     """Keep every document's prompt, answers and score (samples.jsonl per task)."""
     baseline: bool = False
     """Also evaluate the untuned base model (logged as step 0), as in the paper's Table 2."""
+    baseline_tasks: list[str] | None = None
+    """Tasks of that step-0 evaluation, a subset of ``tasks``; null: all of ``tasks``. The
+    paper's Table 2 needs only ``[perplexity_offline]`` (or another perplexity task)."""
 
     @field_validator("tasks")
     @classmethod
@@ -67,6 +70,23 @@ class EvalConfig(ConfigSection):
         if unknown:
             raise ConfigProblems([("task_limits", f"{', '.join(unknown)} not in eval.tasks {self.tasks}")])
         return self
+
+    @model_validator(mode="after")
+    def _check_baseline_tasks(self) -> EvalConfig:
+        if self.baseline_tasks is not None:
+            unknown = [t for t in self.baseline_tasks if t not in self.tasks]
+            if unknown or not self.baseline_tasks:
+                raise ConfigProblems([("baseline_tasks", f"must list some of eval.tasks {self.tasks}, got "
+                                                         f"{self.baseline_tasks}")])
+        return self
+
+    def for_baseline(self) -> EvalConfig:
+        """This section as the step-0 evaluation runs it (``baseline_tasks`` only)."""
+        if self.baseline_tasks is None:
+            return self
+        tasks = self.baseline_tasks
+        limits = {task: n for task, n in self.task_limits.items() if task in tasks}
+        return self.model_copy(update={"tasks": tasks, "task_limits": limits})
 
     def limit_for(self, task: str) -> int | None:
         """The limit of a leaf task: its own, its MMLU family's, else ``limit``."""

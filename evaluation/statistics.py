@@ -75,6 +75,8 @@ def paired_t_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.
     estimate = t_interval(differences, confidence)
     if len(differences) < 2:
         return Comparison(estimate, math.nan, "paired t-test")
+    if np.ptp(differences) == 0:  # zero variance: t is undefined (a deterministic difference)
+        return Comparison(estimate, math.nan, "no t-test: the difference is the same in every pair")
     result = stats.ttest_rel(a, b)
     p_value = float(result.pvalue) if math.isfinite(result.pvalue) else 1.0
     return Comparison(estimate, p_value, "paired t-test")

@@ -178,20 +178,30 @@ _STATUS_STYLE = {"finished": "green", "running": "cyan", "pruned": "yellow", "fa
 
 
 def sweep_summary(rows: list[dict[str, Any]], title: str = "trials") -> Table:
-    """One row per trial: cell, seed, trial number, status, objective values, duration, MLflow run."""
+    """One row per trial: cell, seed, trial number, status, objective values, searched params,
+    duration, MLflow run (the params column only when a search chose some)."""
     table = Table(title=title, title_justify="left")
-    for column in ("cell", "seed", "trial", "status", "objective", "params", "duration", "MLflow run"):
-        table.add_column(column, justify="right" if column in ("seed", "trial", "duration") else "left")
+    with_params = any(row["params"] for row in rows)
+    widest = max((len(row["cell"]) for row in rows), default=4)
+    table.add_column("cell", no_wrap=True, min_width=min(widest, 28))
+    table.add_column("seed", justify="right")
+    table.add_column("trial", justify="right")
+    table.add_column("status")
+    table.add_column("objective", no_wrap=True, min_width=9)
+    if with_params:
+        table.add_column("params")
+    table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("MLflow run", overflow="fold")
     for row in rows:
         style = _STATUS_STYLE.get(row["status"], "")
         status = f"[{style}]{row['status']}[/]" if style else row["status"]
         if row["reason"] and row["status"] not in ("finished", "pending", "running"):
             status += f" ({row['reason'][:60]})"
         values = ", ".join(f"{v:.4g}" for v in row["values"]) if row["values"] else "-"
-        params = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float)
-                           else f"{k.split('.')[-1]}={v}" for k, v in row["params"].items()) or "-"
-        table.add_row(row["cell"], str(row["seed"]), str(row["trial"]), status, values, params,
-                      _duration(row["seconds"]), row["run_id"] or "-")
+        params = [", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float)
+                            else f"{k.split('.')[-1]}={v}" for k, v in row["params"].items()) or "-"]
+        table.add_row(row["cell"], str(row["seed"]), str(row["trial"]), status, values,
+                      *(params if with_params else []), _duration(row["seconds"]), row["run_id"] or "-")
     return table
 
 
@@ -229,9 +239,13 @@ class SweepProgress:
             console.file.flush()
 
 
+def report_title(table: Any) -> str:
+    return f"[bold]{table.title}[/] — {table.metric}, mean ± 95% CI over seeds"
+
+
 def report_table(table: Any) -> Table:
-    """An ablation table (``evaluation.tables.Table``) for the terminal."""
-    out = Table(title=f"{table.title} — {table.metric}, mean ± 95% CI over seeds", title_justify="left")
+    """An ablation table (``evaluation.tables.Table``) for the terminal (its title: report_title)."""
+    out = Table()
     out.add_column(table.row_axis, style="bold")
     for column in [*table.columns, *(["Mean"] if table.has_mean else [])]:
         out.add_column(column, justify="right")

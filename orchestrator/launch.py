@@ -113,18 +113,19 @@ def status_rows(plan: Plan, store: Any) -> list[dict[str, Any]]:
     """One row per planned trial slot: cell, seed, number, state, objectives, duration, run id."""
     rows = []
     existing = store.existing_study_names()
+    varying = {axis.name for axis in plan.spec.axes() if len(axis.values) > 1}
     for planned in plan.studies():
         records = [r for r in (store.trials(planned) if planned.name in existing else [])
                    if r.state != "WAITING"]  # queued parameters not asked yet: still pending
         for record in records:
             status = record.outcome.get("status") or {"RUNNING": "running", "COMPLETE": "finished",
                                                       "PRUNED": "pruned"}.get(record.state, "failed")
-            rows.append({"cell": planned.cell.describe(), "seed": planned.seed, "trial": record.number,
+            rows.append({"cell": planned.cell.describe(varying), "seed": planned.seed, "trial": record.number,
                          "status": status, "values": record.values, "params": record.params,
                          "seconds": record.outcome.get("seconds", record.duration_s),
                          "run_id": record.attrs.get("run_id"), "reason": record.outcome.get("reason", "")})
         for number in range(len(records), planned.n_trials):
-            rows.append({"cell": planned.cell.describe(), "seed": planned.seed, "trial": number,
+            rows.append({"cell": planned.cell.describe(varying), "seed": planned.seed, "trial": number,
                          "status": "pending", "values": None, "params": {}, "seconds": None,
                          "run_id": None, "reason": ""})
     return rows

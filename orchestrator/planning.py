@@ -47,8 +47,10 @@ class Cell:
         """Short identity used in study names, tags and directory names."""
         return self.hash[:12]
 
-    def describe(self) -> str:
-        return " ".join(f"{axis}={label}" for axis, label in self.labels.items()) or "(base)"
+    def describe(self, axes: set[str] | None = None) -> str:
+        """``axis=label`` of each grid axis (of ``axes`` only, when given: those that vary)."""
+        shown = [f"{axis}={label}" for axis, label in self.labels.items() if axes is None or axis in axes]
+        return " ".join(shown) or "(base)"
 
 
 @dataclass(frozen=True)

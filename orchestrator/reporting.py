@@ -130,8 +130,9 @@ def describe_comparison(layout: Layout, comparison: Comparison | None) -> str:
     if comparison is None:
         return f"{first} vs {second}: fewer than two paired (column, seed) results, no test."
     d = comparison.difference
+    p_value = f", p = {comparison.p_value:.3g}" if math.isfinite(comparison.p_value) else ""
     return (f"{first} - {second}: {d.format(layout.scale, 3)} over {d.n} paired (column, seed) "
-            f"results; {comparison.test}, p = {comparison.p_value:.3g}")
+            f"results; {comparison.test}{p_value}")
 
 
 def plot(table: Table, path: Path) -> Path:

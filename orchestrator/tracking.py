@@ -118,6 +118,9 @@ def _client(uri: str) -> Any:
 _experiment_ids: dict[tuple[str, str], str] = {}
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
+
 def experiment_id(client: Any, name: str, artifact_root: str | None) -> str:
     """The id of experiment ``name``, created if needed (safe against concurrent creators)."""
     from mlflow.exceptions import MlflowException
@@ -130,7 +133,10 @@ def experiment_id(client: Any, name: str, artifact_root: str | None) -> str:
         identifier = found.experiment_id
     else:
         try:
-            identifier = client.create_experiment(name, artifact_location=artifact_root)
+            # The kind makes the MLflow UI open on the runs table (model training), not on the
+            # GenAI traces overview that it infers for an experiment without one.
+            identifier = client.create_experiment(name, artifact_location=artifact_root,
+                                                  tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
         except MlflowException:
             found = client.get_experiment_by_name(name)
             if found is None:

@@ -123,6 +123,7 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
     (``pruning``) with status ``pruned``. Any exception is recorded (status ``failed``,
     reason, ``traceback.txt``) and raised again.
     """
+    from evaluation.config import EvalConfig
     from evaluation.harness import EvalOutcome, evaluate_model
     from orchestrator.fingerprint import environment_fingerprint
     from trainers.loop import fit, prepare
@@ -148,8 +149,8 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
             "model/bits_per_quantized_param": qlora.footprint.bits_per_quantized_param,
             "model/trainable_params": float(qlora.trainable_params),
         }, step=0)
-        def evaluate() -> EvalOutcome:
-            return evaluate_model(qlora.model, qlora.tokenizer, cfg.eval,
+        def evaluate(evaluation: EvalConfig = cfg.eval) -> EvalOutcome:
+            return evaluate_model(qlora.model, qlora.tokenizer, evaluation,
                                   compute_dtype=DTYPES[cfg.quant.compute_dtype],
                                   weight_dtype=DTYPES[cfg.model.dtype],
                                   exclude_subjects=excluded_subjects(cfg))
@@ -158,7 +159,7 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
         if cfg.eval.tasks and cfg.eval.baseline:
             log.info("evaluating the untuned base model (step 0)")
             with qlora.model.disable_adapter():
-                outcome = evaluate()
+                outcome = evaluate(cfg.eval.for_baseline())
             baseline = outcome.metrics
             tracker.log_metrics(baseline, step=0)
             for path in outcome.write(workdir / "eval" / "baseline"):

@@ -65,7 +65,7 @@ def _where(args: argparse.Namespace) -> tuple[str, str, list[Any]]:
 def publish(uri: str, experiment: str, sweep: str, layouts: list[Any], out: Path, log: bool = True) -> None:
     """Build each layout's table from the sweep's MLflow records, print it, write its files to
     ``out`` and (``log``) log them on the sweep's parent run under ``report/``."""
-    from orchestrator.console import console, report_table
+    from orchestrator.console import console, report_table, report_title
     from orchestrator.reporting import read_sweep, write_report
     from orchestrator.tracking import MlflowTracker
 
@@ -74,6 +74,7 @@ def publish(uri: str, experiment: str, sweep: str, layouts: list[Any], out: Path
     parent = MlflowTracker.attach(uri, records.parent_run_id) if log else None
     for layout in layouts:
         table, comparison, files = write_report(records, layout, out)
+        console.print(report_title(table), highlight=False)
         console.print(report_table(table))
         for note in table.footnotes():
             console.print(note, highlight=False)

@@ -43,6 +43,10 @@ def test_paired_t_test_matches_scipy_and_the_difference_interval() -> None:
     assert result.difference.half_width == pytest.approx(half)
     with pytest.raises(ValueError, match="differ in length"):
         paired_t_test([1.0], [1.0, 2.0])
+    # An untuned base is deterministic: the same difference for every seed has no t statistic.
+    same = paired_t_test([6.64, 6.64, 6.64], [6.99, 6.99, 6.99])
+    assert math.isnan(same.p_value) and "same in every pair" in same.test
+    assert same.difference.mean == pytest.approx(-0.35) and same.difference.half_width == 0
 
 
 def test_paired_permutation_test_on_questions() -> None:
