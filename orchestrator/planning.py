@@ -128,13 +128,15 @@ def _base_path(base: str, spec_path: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def _merge_sections(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra``'s sections over ``base``'s, key by key; a key's value replaces the base's whole
+    (``eval.task_limits: {}`` clears the base's limits rather than merging into them)."""
     merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+    for section, values in extra.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
         else:
-            merged[key] = value
+            merged[section] = values
     return merged
 
 
@@ -229,7 +231,7 @@ def plan(spec: SweepSpec, spec_path: Path) -> Plan:
             raise ConfigError([("base", f"{spec.base!r} is neither a preset ({presets}) nor a file "
                                         f"relative to {spec_path.parent}")], source)
         base = read_yaml(base_path)
-    merged = _deep_merge(base, spec.trial)
+    merged = _merge_sections(base, spec.trial)
     searched = dict(spec.search.space) if spec.search else {}
     start = apply_overrides(merged, {"train.seed": spec.seeds[0]})
 

@@ -4,7 +4,7 @@ Sweep specs are YAML files under ``sweeps/``. Example (``sweeps/tiny-grid.yaml``
 
     name: nf4-vs-fp4
     base: smollm2-offline            # a preset in configs/trial, or a path relative to this file
-    trial:                           # deep-merged over the base config
+    trial:                           # merged over the base config, key by key
       train: {max_steps: 20}
     grid:                            # full factorial; every cell runs exactly once per seed
       quant.type: [nf4, fp4]
@@ -329,7 +329,8 @@ class SweepSpec(BaseModel):
     """Trial config preset (a file name in configs/trial, without .yaml) or a YAML path
     relative to the spec file."""
     trial: dict[str, Any] = {}
-    """Trial config sections deep-merged over ``base`` (e.g. ``{train: {max_steps: 20}}``)."""
+    """Trial config sections merged over ``base`` key by key (e.g. ``{train: {max_steps: 20}}``);
+    each key given replaces the base's value whole."""
     grid: dict[str, Any] = {}
     """The ablation factors; the cells are their product. Each factor is a dotted trial key with
     a list of values (``quant.type: [nf4, fp4]``), or a named axis whose values are labelled

@@ -203,3 +203,16 @@ def test_shipped_specs_plan_and_headers_state_their_estimate(spec: str, tmp_path
         stated_gib = float(re.search(r"needs about ([\d.]+) GiB", header).group(1))
         printed_gib = float(re.search(r"up to ([\d.]+) GiB", out).group(1))
         assert printed_gib == stated_gib
+
+
+def test_a_spec_key_replaces_the_base_value_whole(write_spec) -> None:
+    """The offline preset limits perplexity_offline; a spec (or override) clears those limits."""
+    path = write_spec()
+    spec = yaml.safe_load(path.read_text())
+    spec["base"] = "smollm2-offline"
+    spec["trial"] = {"eval": {"tasks": ["perplexity_offline"], "task_limits": {}}}
+    path.write_text(yaml.safe_dump(spec))
+    assert load_plan(path).cells[0].config.eval.task_limits == {}
+    plan = load_plan(path, ["trial.eval.task_limits={perplexity_offline: 7}"])
+    assert plan.cells[0].config.eval.task_limits == {"perplexity_offline": 7}
+    assert plan.cells[0].config.train.max_steps == 30  # the base's other keys stay
