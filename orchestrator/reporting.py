@@ -51,6 +51,11 @@ def layout_from(preset: str | None, overrides: dict[str, Any]) -> Layout:
     return Layout(**values)
 
 
+def spec_layouts(reports: list[Any]) -> list[Layout]:
+    """The layouts of a sweep spec's ``reports`` entries (``orchestrator.spec.ReportSpec``)."""
+    return [layout_from(report.preset, report.overrides()) for report in reports]
+
+
 def read_sweep(uri: str, experiment: str, sweep: str, metrics: list[str]) -> SweepRecords:
     """The sweep's trials from MLflow: labels, seed, status and the asked-for metrics."""
     import json

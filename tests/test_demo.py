@@ -51,10 +51,9 @@ def test_the_demo_prints_every_cell_and_keeps_the_papers_perplexity_order(demo: 
     assert "†" not in done.stdout  # no cell incomplete
 
     def table(**report: Any) -> Any:
-        from orchestrator.reporting import layout_from
+        from orchestrator.reporting import spec_layouts
 
-        spec = ReportSpec(**report)
-        layout = layout_from(spec.preset, spec.overrides())
+        (layout,) = spec_layouts([ReportSpec(**report)])
         return make_table(read_sweep(demo["uri"], EXPERIMENT, "demo", [layout.metric]), layout)
 
     step0 = table(preset="table2")

@@ -88,7 +88,7 @@ def publish(uri: str, experiment: str, sweep: str, layouts: list[Any], out: Path
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.reporting import ReportError, layout_from
+    from orchestrator.reporting import ReportError, layout_from, spec_layouts
     from orchestrator.tracking import check_reachable
 
     uri, experiment, spec_reports = _where(args)
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.preset or overrides:
         layouts = [layout_from(args.preset, overrides)]
     elif spec_reports:
-        layouts = [layout_from(report.preset, report.overrides()) for report in spec_reports]
+        layouts = spec_layouts(spec_reports)
     else:
         raise ReportError("the sweep's spec has no reports section: give --preset (table2, table4) or "
                           "--rows and --metric")
