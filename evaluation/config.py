@@ -38,7 +38,9 @@ class EvalConfig(ConfigSection):
     seed: int = Field(1234, ge=0)
     """Seed of the document sample and of lm-eval's few-shot sampling."""
     batch_size: int | Literal["auto"] = "auto"
-    """Sequences per forward pass; auto: lm-eval's detection on GPU, 4 on CPU."""
+    """Sequences per forward pass; auto: on a GPU, as many as the free memory holds at the
+    length of the longest request (measured once per trial, never at the model's advertised
+    context), 4 on a CPU."""
     save_samples: bool = False
     """Keep every document's prompt, answers and score (samples.jsonl per task)."""
     baseline: bool = False

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from evaluation.batching import BatchSizer
 from evaluation.config import MMLU_FAMILY, EvalConfig
 from evaluation.mmlu_categories import SUBJECT_CATEGORIES, subject_key
 from evaluation.results import subject_task, summarize
@@ -33,7 +34,8 @@ from evaluation.results import subject_task, summarize
 log = logging.getLogger("qsweep")
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-CPU_BATCH_SIZE = 4
+OOM_ATTEMPTS = 3
+"""Runs of one evaluation before running out of memory is an error (each with half the batch)."""
 
 
 class EvalSetupError(Exception):
@@ -57,7 +59,9 @@ class EvalOutcome:
     seconds: float = 0.0
     documents: int = 0
     batch_size: Any = None
-    """The batch size used: the configured one, or lm-eval's detected sizes under ``auto``."""
+    """The batch size used for each kind of request (loglikelihood, rolling, generate)."""
+    attempts: int = 1
+    """Runs it took: an evaluation that ran out of memory is retried with smaller batches."""
 
     def write(self, directory: Path) -> list[Path]:
         """results.json (and samples_<task>.jsonl) into ``directory``; returns the files."""
@@ -174,17 +178,71 @@ def _frozen_weights_in(model: Any, dtype: torch.dtype | None) -> Iterator[None]:
             param.data = param.data.to(torch.float32)
 
 
-def _batch_size(cfg: EvalConfig, device: torch.device) -> int | str:
-    if cfg.batch_size != "auto":
-        return cfg.batch_size
-    # lm-eval's detection runs forward passes of up to 64 full-length sequences: fine on a
-    # GPU, minutes and many GiB on a CPU.
-    return "auto" if device.type == "cuda" else CPU_BATCH_SIZE
+@functools.cache
+def _sized_lm_class() -> type:
+    """lm-eval's ``HFLM`` with batch sizes from a :class:`BatchSizer` (made on first use, so
+    importing this module does not import lm-eval)."""
+    import torch.nn.functional as F  # noqa: N812 - the usual spelling
+    from lm_eval.models.huggingface import HFLM
+
+    class SizedHFLM(HFLM):
+        """HFLM that never probes at the model's advertised context.
+
+        Before each batch of work the batch size comes from the sizer, measured at the longest
+        request of that work; rolling (perplexity) requests also bound ``max_length`` to the
+        longest document, which leaves every window as it was (one per document that fits the
+        model). Everything else is lm-eval's own scoring.
+        """
+
+        def __init__(self, *, sizer: BatchSizer, **kwargs: Any):
+            super().__init__(batch_size=1, **kwargs)
+            self.sizer = sizer
+            self._in_rolling = False
+
+        def _probe(self, batch: int, length: int) -> None:
+            # What lm-eval's scoring holds for one batch: the logits and their log-softmax.
+            ids = torch.ones((batch, length), dtype=torch.long, device=self.device)
+            F.log_softmax(self._model_call(ids), dim=-1, dtype=self.softmax_dtype)
+
+        def _size(self, kind: str, length: int, count: int) -> None:
+            self.batch_size_per_gpu = self.sizer.choose(kind, min(length, self.max_length), count,
+                                                        self._probe)
+
+        def _loglikelihood_tokens(self, requests: Any, disable_tqdm: bool = False,
+                                  override_bs: int | None = None) -> Any:
+            if requests and not self._in_rolling:
+                longest = max(len(context) + len(continuation) for _, context, continuation in requests)
+                self._size("loglikelihood", longest - 1, len(requests))
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+
+        def loglikelihood_rolling(self, requests: Any, disable_tqdm: bool = False) -> Any:
+            if not requests:
+                return []
+            longest = max(len(self.tok_encode(request.args[0])) for request in requests)
+            configured = self._max_length
+            self._max_length = max(1, min(self.max_length, longest))
+            self._size("rolling", self._max_length, len(requests))
+            self._in_rolling = True
+            try:
+                return super().loglikelihood_rolling(requests, disable_tqdm)
+            finally:
+                self._in_rolling = False
+                self._max_length = configured
+
+        def generate_until(self, requests: Any, disable_tqdm: bool = False) -> Any:
+            if requests:
+                context = max(len(self.tok_encode(request.args[0])) for request in requests)
+                new_tokens = max(int(request.args[1].get("max_gen_toks", self.max_gen_toks))
+                                 for request in requests)
+                self._size("generate", context + new_tokens, len(requests))
+            return super().generate_until(requests, disable_tqdm)
+
+    return SizedHFLM
 
 
 def evaluate_model(model: Any, tokenizer: Any, cfg: EvalConfig, *, compute_dtype: torch.dtype,
                    weight_dtype: torch.dtype | None = None, exclude_subjects: tuple[str, ...] = (),
-                   manager: Any | None = None) -> EvalOutcome:
+                   manager: Any | None = None, sizer: BatchSizer | None = None) -> EvalOutcome:
     """Run ``cfg.tasks`` on ``model`` in memory and summarize the results.
 
     Args:
@@ -196,9 +254,10 @@ def evaluate_model(model: Any, tokenizer: Any, cfg: EvalConfig, *, compute_dtype
             frozen weights that training upcast to float32 are evaluated in it.
         exclude_subjects: MMLU subjects (data spelling) left out, e.g. those trained on.
         manager: a TaskManager to reuse (default: a new one).
+        sizer: chooses batch sizes; pass the same one to every evaluation of a model so its
+            memory is measured once (default: a new one for ``cfg.batch_size``).
     """
     from lm_eval import evaluator
-    from lm_eval.models.huggingface import HFLM
 
     manager = manager or task_manager(cfg.tasks)
     excluded = {subject_key(s) for s in exclude_subjects}
@@ -216,23 +275,33 @@ def evaluate_model(model: Any, tokenizer: Any, cfg: EvalConfig, *, compute_dtype
     samples = stratified_samples({n: len(t.eval_docs) for n, t in leaves.items()},
                                  {n: cfg.limit_for(n) for n in leaves}, cfg.seed)
     device = next(model.parameters()).device
+    sizer = sizer or BatchSizer.for_device(cfg.batch_size, device)
     mixed = compute_dtype if compute_dtype != torch.float32 else None
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=_batch_size(cfg, device),
-              mixed_precision_dtype=mixed)
+    lm = _sized_lm_class()(pretrained=model, tokenizer=tokenizer, sizer=sizer, mixed_precision_dtype=mixed)
     was_training = model.training
     model.eval()
     started = time.perf_counter()
+    attempts = 0
     try:
         with _preserved_rng(), torch.no_grad(), _frozen_weights_in(model, weight_dtype):
-            random.seed(cfg.seed)
-            np.random.seed(cfg.seed)
-            torch.manual_seed(cfg.seed)
-            raw = evaluator.evaluate(lm=lm, task_dict=loaded, samples=samples,
-                                     log_samples=cfg.save_samples, bootstrap_iters=1000)
+            while True:
+                attempts += 1
+                random.seed(cfg.seed)
+                np.random.seed(cfg.seed)
+                torch.manual_seed(cfg.seed)
+                try:
+                    raw = evaluator.evaluate(lm=lm, task_dict=loaded, samples=samples,
+                                             log_samples=cfg.save_samples, bootstrap_iters=1000)
+                    break
+                except torch.OutOfMemoryError:
+                    if attempts >= OOM_ATTEMPTS or not sizer.shrink():
+                        raise
+                    log.warning("evaluation ran out of memory; again with half the batch")
+                    torch.cuda.empty_cache()
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - started
     per_sample = raw.pop("samples", {}) or {}
     documents = sum(v.get("effective", 0) for v in raw.get("n-samples", {}).values())
     return EvalOutcome(metrics=summarize(raw), results=raw, samples=per_sample, seconds=seconds,
-                       documents=documents, batch_size=dict(lm.batch_sizes) or lm.batch_size)
+                       documents=documents, batch_size=dict(sizer.chosen), attempts=attempts)

@@ -84,6 +84,18 @@ _trial_task = ray.remote(max_calls=1)(_run)
 
 @dataclass(frozen=True)
 class Capacity:
+    """What a cluster holds: its GPUs and CPUs, and CPUs per GPU on its GPU nodes."""
+
+    gpus: float
+    cpus: float
+    cpus_per_gpu: float = 0.0
+    """The fewest CPUs per GPU of any node with GPUs (0: no GPU anywhere)."""
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """What each trial asks of the cluster."""
+
     gpus: float
     cpus: float
 
@@ -111,7 +123,10 @@ class Cluster:
                 kwargs.update(num_gpus=self.num_gpus, num_cpus=self.num_cpus, include_dashboard=False)
             ray.init(**kwargs)
         resources = ray.cluster_resources()
-        return Capacity(gpus=float(resources.get("GPU", 0)), cpus=float(resources.get("CPU", 0)))
+        per_gpu = [node["Resources"].get("CPU", 0) / node["Resources"]["GPU"] for node in ray.nodes()
+                   if node.get("Alive") and node["Resources"].get("GPU", 0) > 0]
+        return Capacity(gpus=float(resources.get("GPU", 0)), cpus=float(resources.get("CPU", 0)),
+                        cpus_per_gpu=float(min(per_gpu, default=0.0)))
 
     def broker(self) -> Any:
         if self._broker is None:

@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from trainers.metrics import StepMetrics, TrainResult
+from trainers.phases import LABELS, PHASES
 
 console = Console()
 errors = Console(stderr=True)
@@ -112,6 +113,65 @@ def train_summary(result: TrainResult, title: str = "training summary") -> Table
     ]
     for key, value in rows:
         table.add_row(key, value)
+    return table
+
+
+def phase_table(phases: dict[str, float], title: str = "time") -> Table:
+    """Seconds and share of each phase of a trial, then what a GPU was held for."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("phase")
+    table.add_column("seconds", justify="right")
+    table.add_column("share", justify="right")
+    total = phases.get("total") or sum(phases.get(name, 0.0) for name in PHASES)
+    for name in PHASES:
+        if name in phases:
+            share = f"{phases[name] / total:.0%}" if total else "-"
+            table.add_row(LABELS[name], f"{phases[name]:,.1f}", share)
+    if total:
+        before = phases.get("start", 0.0) + phases.get("load", 0.0)
+        table.add_row("[bold]total[/]", f"{total:,.1f}", "")
+        table.add_row("training + evaluating", f"{phases.get('compute', 0.0):,.1f}",
+                      f"{phases.get('compute', 0.0) / total:.0%}")
+        table.add_row("set-up before training (start + load)", f"{before:,.1f}", f"{before / total:.0%}")
+    return table
+
+
+def usage_lines(usage: Any) -> str:
+    """What ``qsweep run`` prints at its end: GPU use, makespan against its ideal, phase medians."""
+    unit, plural = usage.unit, f"{usage.unit}s"
+    lines = [
+        f"{unit} use: {usage.trials} trial runs held {usage.capacity:g} {plural} for "
+        f"{usage.held_s:,.0f} {unit}-s, {usage.busy_share:.1%} of it training or evaluating",
+        f"makespan {_duration(usage.makespan_s)} against an ideal of {_duration(usage.ideal_s)} "
+        f"({usage.makespan_ratio:.2f}x; ideal: all training and evaluation packed onto the "
+        f"{usage.capacity:g} {plural})",
+    ]
+    if usage.phase_medians:
+        medians = " · ".join(f"{LABELS[name].split(' (')[0]} {usage.phase_medians[name]:,.1f}"
+                             for name in PHASES if name in usage.phase_medians)
+        lines.append(f"median seconds per trial: {medians}")
+    return "\n".join(lines)
+
+
+def phases_summary(rows: list[dict[str, Any]], title: str = "trial phases (seconds)") -> Table:
+    """One row per trial with the seconds of each phase (``qsweep status --phases``)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("cell", no_wrap=True)
+    table.add_column("seed", justify="right")
+    table.add_column("trial", justify="right")
+    table.add_column("status")
+    names = [name for name in PHASES if any(name in row["phases"] for row in rows)]
+    for name in names:
+        table.add_column(LABELS[name].split(" (")[0].replace("evaluation", "eval"), justify="right")
+    table.add_column("total", justify="right")
+    table.add_column("busy", justify="right")
+    for row in rows:
+        phases = row["phases"]
+        total = phases.get("total")
+        busy = f"{phases['compute'] / total:.0%}" if total else "-"
+        table.add_row(row["cell"], str(row["seed"]), str(row["trial"]), row["status"],
+                      *(f"{phases[name]:.1f}" if name in phases else "-" for name in names),
+                      f"{total:.1f}" if total else "-", busy)
     return table
 
 

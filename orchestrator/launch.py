@@ -43,16 +43,18 @@ class PreparedSweep:
         spec = self.plan.spec
         self._cluster = Cluster(address, num_gpus, num_cpus)
         capacity = self._cluster.connect()
-        gpus = spec.resources.gpus if capacity.gpus > 0 else 0.0
-        fits = [capacity.cpus / spec.resources.cpus]
-        if gpus > 0:
-            fits.append(capacity.gpus / gpus)
+        resources = trial_resources(spec.resources, capacity)
+        fits = [capacity.cpus / resources.cpus]
+        if resources.gpus > 0:
+            fits.append(capacity.gpus / resources.gpus)
         limit = concurrency or spec.concurrency or max(1, int(min(fits)))
-        self.placement = (f"{capacity.gpus:g} GPUs ({gpus:g} per trial), {capacity.cpus:g} CPUs" if gpus
-                          else f"{capacity.cpus:g} CPUs (no GPU in the cluster: trials run on CPU)")
+        self.placement = (f"{capacity.gpus:g} GPUs, {capacity.cpus:g} CPUs ({resources.gpus:g} GPU and "
+                          f"{resources.cpus:g} CPUs per trial)" if resources.gpus else
+                          f"{capacity.cpus:g} CPUs ({resources.cpus:g} per trial; no GPU in the cluster: "
+                          "trials run on CPU)")
         self._store = StudyStore(self.optuna_url, spec)
         driver = SweepDriver(self.plan, self.directory, self.state, self._store, self.tracking_uri,
-                             self.experiment, self._cluster, limit, gpus, trial_fn)
+                             self.experiment, self._cluster, limit, resources, trial_fn)
         driver.open_parent()
         driver.recover()
         return driver
@@ -66,6 +68,20 @@ class PreparedSweep:
     def close(self) -> None:
         if self._cluster is not None and not self._cluster.address:
             self._cluster.shutdown()
+
+
+def trial_resources(requested: Any, capacity: Any) -> Any:
+    """GPUs and CPUs each trial asks for: the spec's ``resources``, with ``cpus: auto`` resolved
+    to the cluster's CPUs per GPU (whole cores; 1 without GPUs), and no GPU on a cluster without."""
+    import math
+
+    from orchestrator.cluster import TrialResources
+
+    gpus = requested.gpus if capacity.gpus > 0 else 0.0
+    cpus = requested.cpus
+    if cpus == "auto":
+        cpus = max(1.0, math.floor(capacity.cpus_per_gpu * gpus)) if gpus > 0 else 1.0
+    return TrialResources(gpus=gpus, cpus=float(cpus))
 
 
 def resolve_storage(plan: Plan, directory: SweepDir, root: Path) -> tuple[str, str, str]:
@@ -123,9 +139,10 @@ def status_rows(plan: Plan, store: Any) -> list[dict[str, Any]]:
             rows.append({"cell": planned.cell.describe(varying), "seed": planned.seed, "trial": record.number,
                          "status": status, "values": record.values, "params": record.params,
                          "seconds": record.outcome.get("seconds", record.duration_s),
-                         "run_id": record.attrs.get("run_id"), "reason": record.outcome.get("reason", "")})
+                         "run_id": record.attrs.get("run_id"), "reason": record.outcome.get("reason", ""),
+                         "phases": record.outcome.get("phases") or {}})
         for number in range(len(records), planned.n_trials):
             rows.append({"cell": planned.cell.describe(varying), "seed": planned.seed, "trial": number,
                          "status": "pending", "values": None, "params": {}, "seconds": None,
-                         "run_id": None, "reason": ""})
+                         "run_id": None, "reason": "", "phases": {}})
     return rows

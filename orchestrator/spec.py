@@ -253,8 +253,17 @@ class Resources(ConfigSection):
 
     gpus: float = Field(1, ge=0)
     """GPUs per trial (1 by default); trials run on CPUs alone when the cluster has no GPU."""
-    cpus: float = Field(1, gt=0)
-    """CPU cores per trial."""
+    cpus: float | Literal["auto"] = "auto"
+    """CPU cores per trial; auto: a GPU node's cores divided by its GPUs (the fewest of any GPU
+    node), 1 on a cluster without GPUs. A trial's CPU-side work (loading, LoRA set-up, data,
+    evaluation requests, checkpoints) runs on that many threads: Ray sets OMP_NUM_THREADS to it."""
+
+    @field_validator("cpus")
+    @classmethod
+    def _check_cpus(cls, cpus: float | str) -> float | str:
+        if isinstance(cpus, float) and cpus <= 0:
+            raise ValueError(f"must be > 0 or auto, got {cpus:g}")
+        return cpus
 
 
 class ReportSpec(ConfigSection):

@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cluster import Cluster, TrialCrashed
+from orchestrator.cluster import Cluster, TrialCrashed, TrialResources
 from orchestrator.planning import Plan, StudyPlan
 from orchestrator.search import DONE_STATES, StudyStore, TrialRecord
 from orchestrator.sweep_dir import SweepDir, SweepState
 from orchestrator.tracking import MlflowTracker, find_runs, redact
+from orchestrator.usage import Usage, UsageSummary
 from orchestrator.worker import TrialOutcome, TrialRequest
 
 log = logging.getLogger("qsweep")
@@ -70,6 +71,8 @@ class Tally:
     durations: list[float] = field(default_factory=list)
     resumed: int = 0
     """Trials an earlier driver left running that this one took over."""
+    usage: UsageSummary | None = None
+    """How this driver's trials used the GPUs; set when the sweep ends."""
 
     @property
     def ended(self) -> int:
@@ -101,18 +104,19 @@ class SweepDriver:
         tracking_uri / experiment: where MLflow records go.
         cluster: a connected Ray cluster.
         concurrency: trials at a time.
+        resources: GPUs and CPUs each trial asks for.
         trial_fn: what a worker runs (``orchestrator.worker.execute``; benchmarks pass a stub).
         observe: called with the tally whenever it changes.
     """
 
     def __init__(self, plan: Plan, directory: SweepDir, state: SweepState, store: StudyStore,
                  tracking_uri: str, experiment: str, cluster: Cluster, concurrency: int,
-                 gpus_per_trial: float, trial_fn: Callable[..., TrialOutcome],
+                 resources: TrialResources, trial_fn: Callable[..., TrialOutcome],
                  observe: Observer | None = None, poll_s: float = 0.2):
         self.plan, self.spec = plan, plan.spec
         self.directory, self.state, self.store = directory, state, store
         self.uri, self.experiment = tracking_uri, experiment
-        self.cluster, self.concurrency, self.gpus = cluster, concurrency, gpus_per_trial
+        self.cluster, self.concurrency, self.resources = cluster, concurrency, resources
         self.trial_fn, self.observe, self.poll_s = trial_fn, observe or (lambda tally: None), poll_s
         self.tally = Tally(total=plan.total_trials)
         self.in_flight: dict[Any, Running] = {}
@@ -132,6 +136,7 @@ class SweepDriver:
             thread_name_prefix="mlflow")
         self.opening: dict[futures.Future, tuple[StudyPlan, TrialRecord]] = {}
         self.closing: list[futures.Future] = []
+        self.usage = Usage(per_trial=resources.gpus, concurrency=concurrency)
 
     # ----------------------------------------------------------------- set-up
     def open_parent(self) -> MlflowTracker:
@@ -225,8 +230,10 @@ class SweepDriver:
         if status == "finished" and any(v is None for v in values):
             return False
         state = OPTUNA_STATE[status]
+        phases = {name[len("time/"):-len("_s")]: value for name, value in run.data.metrics.items()
+                  if name.startswith("time/") and name.endswith("_s") and name != "time/pruning_eval_s"}
         self.store.set_attrs(planned, record.number, {"outcome": {
-            "status": status, "reason": run.data.tags.get("qsweep.reason", "")}})
+            "status": status, "reason": run.data.tags.get("qsweep.reason", ""), "phases": phases}})
         self.store.tell(planned, record.number, state, values if status == "finished" else None)
         self._count(state, status)
         if status == "finished":
@@ -236,6 +243,7 @@ class SweepDriver:
     # --------------------------------------------------------------- the loop
     def run(self) -> Tally:
         """Run until every planned trial has ended; Ctrl-C stops cleanly (resumable)."""
+        began = time.monotonic()
         try:
             while True:
                 self._fill()
@@ -255,6 +263,9 @@ class SweepDriver:
         finally:
             self._flush_records()
         assert self.parent is not None
+        if self.usage.trials:
+            self.tally.usage = self.usage.summary(time.monotonic() - began)
+            self.parent.log_metrics(self.tally.usage.metrics(), step=0)
         self.parent.set_tags({"qsweep.status": "finished"})
         self.parent.finish("FINISHED")
         return self.tally
@@ -300,10 +311,11 @@ class SweepDriver:
         pruner = self.spec.search.pruner if self.spec.search else None
         request = TrialRequest(key=key, config=config.to_dict(), run_id=run.run_id, tracking_uri=self.uri,
                                workdir=str(workdir), objective=self.spec.objectives[0].metric,
-                               report_every=pruner.report_every if pruner else None)
+                               report_every=pruner.report_every if pruner else None,
+                               submitted_at=time.time())
         if record.attrs.get("run_id") != run.run_id:
             self.store.set_attrs(planned, record.number, {"run_id": run.run_id})
-        ref = self.cluster.submit(self.trial_fn, request, gpus=self.gpus, cpus=self.spec.resources.cpus,
+        ref = self.cluster.submit(self.trial_fn, request, gpus=self.resources.gpus, cpus=self.resources.cpus,
                                   retries=self.spec.retries, pruning=self.pruning)
         self.in_flight[ref] = Running(planned, record.number, key, run, request, oom_retries)
         self.tally.running = len(self.in_flight)
@@ -345,6 +357,7 @@ class SweepDriver:
         except TrialCrashed as crash:
             reason = f"worker died {self.spec.retries + 1} times: {crash}"
             outcome = TrialOutcome(entry.key, "crashed", reason)
+        self.usage.add(time.monotonic() - entry.started, outcome.phases)
         if outcome.status == "oom" and self._retry_smaller(entry, outcome):
             return
         self._end(entry, outcome)
@@ -382,7 +395,7 @@ class SweepDriver:
         # Attributes first: a finished Optuna trial takes no more writes.
         self.store.set_attrs(entry.planned, entry.number, {"outcome": {
             "status": status, "reason": reason, "seconds": round(outcome.seconds, 3), "host": outcome.host,
-            "resumed_from_step": outcome.resumed_from_step}})
+            "resumed_from_step": outcome.resumed_from_step, "phases": outcome.phases}})
         self.store.tell(entry.planned, entry.number, state, values if state == "COMPLETE" else None)
         tags = {"qsweep.status": status, "qsweep.reason": reason}
         if outcome.resumed_from_step:

@@ -7,9 +7,12 @@ What the tracker receives:
 
 * params: the flattened trial config (``quant.type``, ``lora.r``, ...);
 * metrics: ``train/*`` at every step; ``model/*`` footprint at step 0; ``eval/*`` at the last
-  step, and at step 0 for the untuned base when ``eval.baseline`` is on;
+  step, and at step 0 for the untuned base when ``eval.baseline`` is on; ``time/<phase>_s``
+  (``trainers.phases``) at the end, and ``time/pruning_eval_s`` with each intermediate
+  evaluation;
 * artifacts: ``config.yaml``, ``environment.json``, ``adapter/`` (peft, safetensors),
   ``eval/results.json`` (lm-eval's), ``eval/baseline/results.json``, ``traceback.txt`` on failure;
+  ``result.json`` in the work directory (status, phases, training summary, metrics);
 * tags: ``qsweep.status`` (running, finished, nan, pruned, failed), ``qsweep.reason``,
   ``qsweep.trial_hash``, ``qsweep.data_type``.
 
@@ -24,7 +27,7 @@ import json
 import logging
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +35,7 @@ import yaml
 
 from orchestrator.config import TrialConfig
 from trainers.metrics import StepMetrics, TrainResult
+from trainers.phases import PhaseClock
 
 log = logging.getLogger("qsweep")
 
@@ -84,6 +88,17 @@ class TrialResult:
     """Evaluation of the trained model (``eval/...``)."""
     baseline_metrics: dict[str, float] = field(default_factory=dict)
     """Evaluation of the untuned base, when ``eval.baseline`` is on."""
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase (``trainers.phases``): start, load, baseline_eval, train, ..., total."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``result.json`` holds: status, run, phases, the training summary and metrics."""
+        train = None
+        if self.train is not None:
+            train = {k: v for k, v in asdict(self.train).items() if k != "history"}
+        return {"status": self.status, "reason": self.reason, "run_id": self.run_id,
+                "workdir": str(self.workdir), "phases": self.phases, "train": train,
+                "metrics": self.metrics, "baseline_metrics": self.baseline_metrics}
 
 
 def excluded_subjects(cfg: TrialConfig) -> tuple[str, ...]:
@@ -116,54 +131,71 @@ def _train_metrics(metrics: StepMetrics) -> dict[str, float]:
 
 def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
               on_step: Callable[[StepMetrics], None] | None = None,
-              pruning: Pruning | None = None) -> TrialResult:
+              pruning: Pruning | None = None, phases: PhaseClock | None = None) -> TrialResult:
     """Train, evaluate and record one trial. See the module docstring for what is recorded.
 
     A non-finite loss ends the trial with status ``nan`` (no evaluation); a pruner's stop
     (``pruning``) with status ``pruned``. Any exception is recorded (status ``failed``,
     reason, ``traceback.txt``) and raised again.
+
+    ``phases`` times the trial (``trainers.phases``); pass one whose ``started`` is the
+    process start (or the trial's submission) so that the ``start`` phase covers imports and
+    set-up; by default the trial starts now. Its time goes to MLflow (``time/<phase>_s``),
+    ``result.json`` and :attr:`TrialResult.phases`, also when the trial fails.
     """
+    from evaluation.batching import BatchSizer
     from evaluation.config import EvalConfig
     from evaluation.harness import EvalOutcome, evaluate_model
     from orchestrator.fingerprint import environment_fingerprint
     from trainers.loop import fit, prepare
-    from trainers.model import DTYPES
+    from trainers.model import DTYPES, resolve_device
 
+    phases = phases or PhaseClock()
+    if "start" not in phases.seconds:
+        phases.mark_start()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    tracker.set_tags({"qsweep.status": "running", "qsweep.trial_hash": cfg.content_hash(),
-                      "qsweep.data_type": cfg.quant.label})
-    tracker.log_params(cfg.flat())
-    config_file = workdir / "config.yaml"
-    config_file.write_text(yaml.safe_dump(redacted_config(cfg), sort_keys=False))
-    tracker.log_artifact(config_file)
+    result: TrialResult | None = None
     try:
-        setup = prepare(cfg)
+        with phases.phase("record"):
+            tracker.set_tags({"qsweep.status": "running", "qsweep.trial_hash": cfg.content_hash(),
+                              "qsweep.data_type": cfg.quant.label})
+            tracker.log_params(cfg.flat())
+            config_file = workdir / "config.yaml"
+            config_file.write_text(yaml.safe_dump(redacted_config(cfg), sort_keys=False))
+            tracker.log_artifact(config_file)
+        with phases.phase("load"):
+            setup = prepare(cfg, phases)
         qlora = setup.qlora
-        fingerprint = workdir / "environment.json"
-        fingerprint.write_text(json.dumps(environment_fingerprint(setup.data_sha256), indent=1))
-        tracker.log_artifact(fingerprint)
-        tracker.log_metrics({
-            "model/base_weight_bytes": float(qlora.footprint.total_bytes),
-            "model/quantized_bytes": float(qlora.footprint.quantized_bytes),
-            "model/bits_per_quantized_param": qlora.footprint.bits_per_quantized_param,
-            "model/trainable_params": float(qlora.trainable_params),
-        }, step=0)
+        with phases.phase("record"):
+            fingerprint = workdir / "environment.json"
+            fingerprint.write_text(json.dumps(environment_fingerprint(setup.data_sha256), indent=1))
+            tracker.log_artifact(fingerprint)
+            tracker.log_metrics({
+                "model/base_weight_bytes": float(qlora.footprint.total_bytes),
+                "model/quantized_bytes": float(qlora.footprint.quantized_bytes),
+                "model/bits_per_quantized_param": qlora.footprint.bits_per_quantized_param,
+                "model/trainable_params": float(qlora.trainable_params),
+            }, step=0)
+        # One sizer for every evaluation of this model: its memory is measured once.
+        sizer = BatchSizer.for_device(cfg.eval.batch_size, resolve_device(cfg.train.device))
+
         def evaluate(evaluation: EvalConfig = cfg.eval) -> EvalOutcome:
             return evaluate_model(qlora.model, qlora.tokenizer, evaluation,
                                   compute_dtype=DTYPES[cfg.quant.compute_dtype],
                                   weight_dtype=DTYPES[cfg.model.dtype],
-                                  exclude_subjects=excluded_subjects(cfg))
+                                  exclude_subjects=excluded_subjects(cfg), sizer=sizer)
 
         baseline: dict[str, float] = {}
         if cfg.eval.tasks and cfg.eval.baseline:
             log.info("evaluating the untuned base model (step 0)")
-            with qlora.model.disable_adapter():
+            with phases.phase("baseline_eval"), qlora.model.disable_adapter():
                 outcome = evaluate(cfg.eval.for_baseline())
-            baseline = outcome.metrics
-            tracker.log_metrics(baseline, step=0)
-            for path in outcome.write(workdir / "eval" / "baseline"):
-                tracker.log_artifact(path, "eval/baseline")
+            with phases.phase("record"):
+                baseline = outcome.metrics
+                tracker.log_metrics(baseline, step=0)
+                for path in outcome.write(workdir / "eval" / "baseline"):
+                    tracker.log_artifact(path, "eval/baseline")
 
         logged = tracker.last_logged_step("train/loss")
         window: list[float] = []
@@ -179,43 +211,76 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
             if pruning.metric == "train/final_loss":
                 value = sum(window) / len(window)
             else:
+                began = phases.clock()
                 intermediate = evaluate().metrics
-                tracker.log_metrics(intermediate, step=metrics.step)
+                seconds = phases.clock() - began
+                phases.intermediate_eval(metrics.step, seconds)
+                if metrics.step > logged:  # a resumed trial has these already
+                    tracker.log_metrics({**intermediate, "time/pruning_eval_s": seconds},
+                                        step=metrics.step)
                 value = intermediate[pruning.metric]
             window.clear()
             if pruning.report(metrics.step, value):
                 raise TrialPruned(metrics.step, value)
 
+        trained = None
+        began = phases.clock()
+        evaluating_before = phases.seconds.get("intermediate_eval", 0.0)
         try:
             trained = fit(setup, cfg, workdir, record_step)
         except TrialPruned as pruned:
             tracker.set_tags({"qsweep.status": "pruned", "qsweep.reason": str(pruned)})
-            return TrialResult("pruned", str(pruned), tracker.run_id, workdir, baseline_metrics=baseline)
+            result = TrialResult("pruned", str(pruned), tracker.run_id, workdir, baseline_metrics=baseline)
+            return result
+        finally:
+            evaluating = phases.seconds.get("intermediate_eval", 0.0) - evaluating_before
+            phases.add("train", phases.clock() - began - evaluating)
         if trained.status != "finished":
             tracker.set_tags({"qsweep.status": trained.status, "qsweep.reason": trained.reason})
-            return TrialResult(trained.status, trained.reason, tracker.run_id, workdir, trained,
-                               baseline_metrics=baseline)
-        tracker.log_artifact(trained.adapter_dir, "adapter")
+            result = TrialResult(trained.status, trained.reason, tracker.run_id, workdir, trained,
+                                 baseline_metrics=baseline)
+            return result
         metrics: dict[str, float] = {}
         if cfg.eval.tasks:
             log.info("evaluating the trained model")
-            outcome = evaluate()
+            with phases.phase("eval"):
+                outcome = evaluate()
             metrics = outcome.metrics
-            tracker.log_metrics(metrics, step=trained.steps)
-            for path in outcome.write(workdir / "eval"):
-                tracker.log_artifact(path, "eval")
-        tracker.log_metrics({"train/final_loss": trained.final_loss or float("nan"),
-                             "train/mean_tokens_per_s": trained.tokens_per_s}, step=trained.steps)
-        tracker.set_tags({"qsweep.status": "finished", "qsweep.reason": trained.reason})
-        return TrialResult("finished", trained.reason, tracker.run_id, workdir, trained,
-                           metrics=metrics, baseline_metrics=baseline)
+        with phases.phase("record"):
+            tracker.log_artifact(trained.adapter_dir, "adapter")
+            if cfg.eval.tasks:
+                tracker.log_metrics(metrics, step=trained.steps)
+                for path in outcome.write(workdir / "eval"):
+                    tracker.log_artifact(path, "eval")
+            tracker.log_metrics({"train/final_loss": trained.final_loss or float("nan"),
+                                 "train/mean_tokens_per_s": trained.tokens_per_s}, step=trained.steps)
+            tracker.set_tags({"qsweep.status": "finished", "qsweep.reason": trained.reason})
+        result = TrialResult("finished", trained.reason, tracker.run_id, workdir, trained,
+                             metrics=metrics, baseline_metrics=baseline)
+        return result
     except BaseException as err:
         reason = f"{type(err).__name__}: {err}"[:500]
         trace = workdir / "traceback.txt"
         trace.write_text("".join(traceback.format_exception(err)))
+        result = TrialResult("failed", reason, tracker.run_id, workdir)
         try:
             tracker.set_tags({"qsweep.status": "failed", "qsweep.reason": reason})
             tracker.log_artifact(trace)
         except Exception:  # noqa: BLE001 - the original error matters more than this one
             log.exception("could not record the failure")
         raise
+    finally:
+        if result is not None:
+            _record_phases(result, phases, tracker)
+
+
+def _record_phases(result: TrialResult, phases: PhaseClock, tracker: Tracker) -> None:
+    """The trial's phase times into MLflow, ``result.json`` and the result (never raises)."""
+    result.phases = phases.to_dict()
+    step = result.train.steps if result.train is not None else 0
+    try:
+        summary = json.dumps(result.to_dict(), indent=1, default=str)
+        (result.workdir / "result.json").write_text(summary + "\n")
+        tracker.log_metrics(phases.metrics(), step=step)
+    except Exception:  # noqa: BLE001 - a lost timing must not fail the trial or hide its error
+        log.exception("could not record the phase timings")

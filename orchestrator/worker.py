@@ -44,6 +44,9 @@ class TrialRequest:
     """The first objective's metric: what intermediate reports measure."""
     report_every: int | None = None
     """Steps between intermediate reports to the pruner; None: no pruner."""
+    submitted_at: float = 0.0
+    """``time.time()`` when the driver submitted the trial: its ``start`` phase begins there
+    (or at the worker process's start, if later)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class TrialOutcome:
     resumed_from_step: int = 0
     seconds: float = 0.0
     host: str = ""
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase of this attempt (``trainers.phases``)."""
 
 
 def _log_to(workdir: Path) -> None:
@@ -99,7 +104,9 @@ def execute(request: TrialRequest, report: Report | None = None) -> TrialOutcome
     from orchestrator.tracking import MlflowTracker
     from orchestrator.trial import Pruning, run_trial
     from trainers.config_loading import validate
+    from trainers.phases import PhaseClock, process_started
 
+    phases = PhaseClock(started=max(process_started(), request.submitted_at))
     started = time.perf_counter()
     workdir = Path(request.workdir)
     _log_to(workdir)
@@ -110,14 +117,14 @@ def execute(request: TrialRequest, report: Report | None = None) -> TrialOutcome
 
     def outcome(status: str, reason: str, **values: Any) -> TrialOutcome:
         return TrialOutcome(request.key, status, reason, seconds=time.perf_counter() - started, host=host,
-                            **values)
+                            phases=phases.to_dict() if phases.seconds else {}, **values)
 
     try:
         cfg = validate(request.config, TrialConfig)
         tracker = MlflowTracker.attach(request.tracking_uri, request.run_id)
         pruning = (Pruning(request.report_every, request.objective, report)
                    if report is not None and request.report_every else None)
-        result = run_trial(cfg, tracker, workdir, pruning=pruning)
+        result = run_trial(cfg, tracker, workdir, pruning=pruning, phases=phases)
     except torch.OutOfMemoryError as err:
         return outcome("oom", f"out of memory: {str(err).splitlines()[0][:300]}")
     except Exception as err:  # noqa: BLE001 - the sweep goes on; run_trial recorded the traceback

@@ -45,6 +45,7 @@ from trainers.model import (
     resolve_device,
 )
 from trainers.optim import build_optimizer, build_scheduler
+from trainers.phases import PhaseClock
 
 log = logging.getLogger("qsweep")
 
@@ -65,17 +66,27 @@ class TrainingSetup:
     """Content hash of the training records (after ``data.limit``)."""
 
 
-def prepare(cfg: TrainingConfig) -> TrainingSetup:
-    """Resolve and check everything cheap first, then load data and the quantized model."""
+def prepare(cfg: TrainingConfig, phases: PhaseClock | None = None) -> TrainingSetup:
+    """Resolve and check everything cheap first, then load data and the quantized model.
+
+    ``phases`` receives the parts of loading: ``load/targets`` (LoRA targets resolved on a
+    weightless skeleton), ``load/tokenizer``, ``load/data`` (read and tokenize), and those of
+    :func:`trainers.model.load_qlora_model`.
+    """
+    phases = phases or PhaseClock()
     device = resolve_device(cfg.train.device)
-    source = model_source(cfg.model)
-    targets = check_targets(source, cfg)
-    tokenizer = load_tokenizer(source, cfg.model)
-    records = load_records(cfg.data)
-    examples = tokenize(records, tokenizer, cfg)
+    with phases.phase("load/targets"):
+        source = model_source(cfg.model)
+        targets = check_targets(source, cfg)
+    with phases.phase("load/tokenizer"):
+        tokenizer = load_tokenizer(source, cfg.model)
+    with phases.phase("load/data"):
+        records = load_records(cfg.data)
+        examples = tokenize(records, tokenizer, cfg)
+        data_sha256 = records_sha256(records)
     log.info("data: %d examples", len(examples))
-    qlora = load_qlora_model(cfg, device, source=source, targets=targets)
-    return TrainingSetup(qlora=qlora, examples=examples, data_sha256=records_sha256(records))
+    qlora = load_qlora_model(cfg, device, source=source, targets=targets, tokenizer=tokenizer, phases=phases)
+    return TrainingSetup(qlora=qlora, examples=examples, data_sha256=data_sha256)
 
 
 def records_sha256(records: list[dict]) -> str:

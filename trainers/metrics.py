@@ -70,12 +70,17 @@ class MemoryMeter:
     def __init__(self, device: torch.device):
         self.device = device
         self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"
+        self._peak = 0
 
     def reset(self) -> None:
+        self._peak = 0
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def peak_bytes(self) -> int:
+        """The peak so far; on CUDA a running maximum of the readings, so that a reset of the
+        counter by someone else (an evaluation measuring its own memory) loses nothing read."""
         if self.device.type == "cuda":
-            return int(torch.cuda.max_memory_allocated(self.device))
+            self._peak = max(self._peak, int(torch.cuda.max_memory_allocated(self.device)))
+            return self._peak
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

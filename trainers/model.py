@@ -19,6 +19,7 @@ import torch
 from trainers import assets, hub
 from trainers.config import LoraConfig, ModelConfig, QuantConfig, TrainingConfig, looks_like_local_path
 from trainers.footprint import WeightFootprint, measure
+from trainers.phases import PhaseClock
 
 log = logging.getLogger("qsweep")
 
@@ -182,7 +183,8 @@ def keep_4bit_layers_trainable(model: torch.nn.Module) -> None:
 
 
 def load_qlora_model(cfg: TrainingConfig, device: torch.device, source: str | None = None,
-                     targets: list[str] | None = None) -> QLoRAModel:
+                     targets: list[str] | None = None, tokenizer: Any = None,
+                     phases: PhaseClock | None = None) -> QLoRAModel:
     """Load the base with ``cfg.quant``, attach LoRA per ``cfg.lora``, ready to train.
 
     Args:
@@ -190,35 +192,58 @@ def load_qlora_model(cfg: TrainingConfig, device: torch.device, source: str | No
         device: where the model lives (bitsandbytes quantizes on load, on that device).
         source: path or hub id (default: :func:`model_source`).
         targets: qualified LoRA target names (default: :func:`check_targets`).
+        tokenizer: the model's tokenizer (default: :func:`load_tokenizer`).
+        phases: receives ``load/weights`` (read and quantize), ``load/kbit_prep`` and ``load/lora``.
     """
     import peft
     from transformers import AutoModelForCausalLM
 
+    phases = phases or PhaseClock()
     source = source or model_source(cfg.model)
     targets = targets if targets is not None else check_targets(source, cfg)
-    tokenizer = load_tokenizer(source, cfg.model)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(source, cfg.model)
     quantization = bnb_config(cfg.quant)
-    base = AutoModelForCausalLM.from_pretrained(
-        source,
-        dtype=DTYPES[cfg.model.dtype],
-        quantization_config=quantization,
-        device_map={"": str(device)},
-        use_safetensors=True,
-        **_load_kwargs(cfg.model),
-    )
+    with phases.phase("load/weights"):
+        base = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=DTYPES[cfg.model.dtype],
+            quantization_config=quantization,
+            device_map={"": str(device)},
+            use_safetensors=True,
+            **_load_kwargs(cfg.model),
+        )
+        _sync(device)
     footprint = measure(base)
     keep_4bit_layers_trainable(base)
     base.config.use_cache = False
     checkpointing = {"use_reentrant": False}
-    if quantization is not None:
-        base = peft.prepare_model_for_kbit_training(
-            base,
-            use_gradient_checkpointing=cfg.train.gradient_checkpointing,
-            gradient_checkpointing_kwargs=checkpointing,
-        )
-    elif cfg.train.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
-        base.enable_input_require_grads()
+    with phases.phase("load/kbit_prep"):
+        if quantization is not None:
+            base = peft.prepare_model_for_kbit_training(
+                base,
+                use_gradient_checkpointing=cfg.train.gradient_checkpointing,
+                gradient_checkpointing_kwargs=checkpointing,
+            )
+        elif cfg.train.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+            base.enable_input_require_grads()
+        _sync(device)
+    with phases.phase("load/lora"):
+        model = _attach_lora(base, cfg, targets)
+        _sync(device)
+    return QLoRAModel(model=model, tokenizer=tokenizer, device=device, footprint=footprint,
+                      target_modules=targets)
+
+
+def _sync(device: torch.device) -> None:
+    # Phase timings must not leave queued GPU work to the next phase.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _attach_lora(base: Any, cfg: TrainingConfig, targets: list[str]) -> Any:
+    import peft
+
     torch.manual_seed(cfg.train.seed)  # adapter initialization
     lora = peft.LoraConfig(
         r=cfg.lora.r,
@@ -228,6 +253,4 @@ def load_qlora_model(cfg: TrainingConfig, device: torch.device, source: str | No
         bias="none",
         task_type="CAUSAL_LM",
     )
-    model = peft.get_peft_model(base, lora)
-    return QLoRAModel(model=model, tokenizer=tokenizer, device=device, footprint=footprint,
-                      target_modules=targets)
+    return peft.get_peft_model(base, lora)

@@ -4,7 +4,7 @@ Tests use a tiny one (no download, seconds to train); benchmarks use real shapes
 Llama-3-8B's, created on the machine that runs them. The tokenizer is byte-level (256 byte
 tokens plus <s>, </s>, <pad>), so any text tokenizes without a vocabulary file. Example::
 
-    python -m trainers.random_model --shape llama3-8b --dtype bf16 /dev/shm/llama3-8b
+    python -m trainers.random_model --shape llama3-8b --dtype bf16 --device cuda /dev/shm/llama3-8b
 """
 
 from __future__ import annotations
@@ -95,10 +95,12 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer-from", type=Path, default=None,
+                        help="a directory whose tokenizer the model gets (default: the byte tokenizer)")
     args = parser.parse_args()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    write_random_llama(args.path, args.shape, seed=args.seed, dtype=dtype,
-                       vocab_size=args.vocab_size, device=args.device)
+    write_random_llama(args.path, args.shape, seed=args.seed, dtype=dtype, vocab_size=args.vocab_size,
+                       device=args.device, tokenizer_from=args.tokenizer_from)
     print(args.path)
 
 

@@ -89,7 +89,7 @@ def _launch(plan: Any, args: argparse.Namespace) -> int:
     from filelock import FileLock, Timeout
 
     from orchestrator.cli import EXIT_FAILED, EXIT_OK
-    from orchestrator.console import SweepProgress, console, print_error, sweep_summary
+    from orchestrator.console import SweepProgress, console, print_error, sweep_summary, usage_lines
     from orchestrator.launch import prepare_sweep
     from orchestrator.worker import execute
 
@@ -124,6 +124,8 @@ def _launch(plan: Any, args: argparse.Namespace) -> int:
         ended = ", ".join(f"{n} {status}" for status, n in sorted(tally.done.items()))
         console.print(f"{tally.ended} trials ended: {ended}. MLflow parent run {driver.parent.run_id}",
                       highlight=False)
+        if tally.usage is not None:
+            console.print(usage_lines(tally.usage), highlight=False)
         if plan.spec.reports:
             _report(prepared, args.root)
         return EXIT_OK if not failed else EXIT_FAILED

@@ -1,6 +1,8 @@
 """``qsweep status SWEEP``: every cell and trial of a sweep with its state, objective, duration and run.
 
 Reads the sweep's Optuna storage (the driver may be running or gone); starts nothing.
+``--phases`` shows instead where each trial's time went: start, load, evaluations, training,
+recording (seconds), and the share spent training or evaluating.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("sweep", help="sweep name (under --root) or sweep directory")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
                         help=f"runs root holding sweeps/ (default {DEFAULT_ROOT})")
+    parser.add_argument("--phases", action="store_true",
+                        help="show each trial's time per phase (start, load, evaluations, training)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from orchestrator.commands.run import sweep_directory
-    from orchestrator.console import console, sweep_summary
+    from orchestrator.console import console, phases_summary, sweep_summary
     from orchestrator.launch import resolve_storage, status_rows
     from orchestrator.planning import load_plan
     from orchestrator.search import StudyStore
@@ -34,7 +38,11 @@ def run(args: argparse.Namespace) -> int:
     state = directory.load()
     optuna_url, _, _ = resolve_storage(plan, directory, directory.path.parents[1])
     rows = status_rows(plan, StudyStore(optuna_url, plan.spec))
-    console.print(sweep_summary(rows, title=f"sweep {plan.spec.name} ({directory.path})"))
+    if args.phases:
+        console.print(phases_summary([row for row in rows if row["status"] != "pending"],
+                                     title=f"sweep {plan.spec.name}: seconds per phase"))
+    else:
+        console.print(sweep_summary(rows, title=f"sweep {plan.spec.name} ({directory.path})"))
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1

@@ -32,10 +32,11 @@ def run(args: argparse.Namespace) -> int:
     from evaluation.harness import check_tasks
     from orchestrator.cli import EXIT_NAN, EXIT_OK
     from orchestrator.config import load_trial_config
-    from orchestrator.console import TrainProgress, console, eval_table, train_summary
+    from orchestrator.console import TrainProgress, console, eval_table, phase_table, train_summary
     from orchestrator.tracking import MlflowTracker, check_reachable, redact, resolve_uri
     from orchestrator.trial import run_trial
     from trainers import hub
+    from trainers.phases import PhaseClock, process_started
 
     cfg = load_trial_config(args.config, args.overrides)
     root = args.root.resolve()
@@ -55,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     status = "FAILED"
     try:
         with TrainProgress(cfg.train.max_steps) as progress:
-            result = run_trial(cfg, tracker, workdir, on_step=progress)
+            # The start phase runs from the process's start: imports and checks count too.
+            result = run_trial(cfg, tracker, workdir, on_step=progress,
+                               phases=PhaseClock(started=process_started()))
         status = "FINISHED" if result.status == "finished" else "FAILED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -66,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(train_summary(result.train))
     if result.metrics:
         console.print(eval_table(result.metrics, result.baseline_metrics))
+    if result.phases:
+        console.print(phase_table(result.phases))
     console.print(f"MLflow run id: {tracker.run_id}", highlight=False)
     if tracker.ui_url:
         console.print(f"MLflow UI: {tracker.ui_url}", highlight=False)

@@ -179,6 +179,25 @@ def test_grid_sweep_survives_a_killed_driver_with_every_cell_exactly_once(
     status = qsweep("status", "grid", root=root)
     assert status.returncode == 0 and status.stdout.count(" finished ") == 8 and "8 finished" in status.stdout
 
+    # Where the time went: every trial's phases (also of those that ended while no driver
+    # listened, read back from their runs), per trial in `status --phases`, and the GPU use of
+    # the driver's trials at the end of the run.
+    studies = optuna_trials(f"sqlite:///{root / 'sweeps' / 'grid' / 'optuna.db'}")
+    for (trial,) in studies.values():
+        phases = trial.user_attrs["outcome"]["phases"]
+        assert phases["load"] > 0 and phases["train"] > 0 and phases["total"] >= phases["compute"] > 0
+    usage = re.search(r"GPU use: (\d+) trial runs held 2 GPUs for [\d,]+ GPU-s, ([\d.]+)% of it training",
+                      done.stdout)
+    assert usage and 1 <= int(usage.group(1)) <= 8 and 0 < float(usage.group(2)) < 100, done.stdout[-2000:]
+    assert re.search(r"makespan \d+:\d\d against an ideal of \d+:\d\d \(\d+\.\d\dx", done.stdout)
+    assert "median seconds per trial: start" in done.stdout
+    parent = parent_of(client, "sweep-grid")
+    assert 0 < parent.data.metrics["sweep/busy_share"] < 1
+    assert parent.data.metrics["sweep/makespan_s"] > parent.data.metrics["sweep/ideal_makespan_s"] > 0
+    phases = qsweep("status", "grid", "--phases", root=root)
+    assert phases.returncode == 0 and phases.stdout.count(" finished ") == 8
+    assert "training" in phases.stdout and "load" in phases.stdout
+
 
 def test_failures_worker_killed_out_of_memory_and_an_exception(sweep_spec, ray_cluster, mlflow_server,
                                                                tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from orchestrator.tracking import MlflowTracker, TrackingUnavailable, check_reachable, redact
-from orchestrator.trial import run_trial
+from orchestrator.trial import Pruning, run_trial
 from trainers.data_recipes import load_records
 from trainers.loop import records_sha256
 
@@ -47,13 +48,15 @@ def finished_trial(mlflow_server: str, tiny_model_dir: Path, repeated_data: Path
     }, TrialConfig)
     tracker = MlflowTracker.start(cfg.tracking.uri, cfg.tracking.experiment, "tiny")
     workdir = tmp_path_factory.mktemp("trial")
+    started = time.perf_counter()
     result = run_trial(cfg, tracker, workdir)
+    wall_s = time.perf_counter() - started
     tracker.finish("FINISHED")
-    return cfg, result, tracker
+    return cfg, result, tracker, wall_s
 
 
 def test_run_holds_params_tags_and_complete_metric_histories(finished_trial, mlflow_server) -> None:
-    cfg, result, tracker = finished_trial
+    cfg, result, tracker, _ = finished_trial
     client = MlflowClient(mlflow_server)
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FINISHED"
@@ -87,7 +90,7 @@ def test_adapter_config_and_fingerprint_come_back_as_artifacts(finished_trial, m
 
     from trainers.model import bnb_config
 
-    cfg, result, tracker = finished_trial
+    cfg, result, tracker, _ = finished_trial
     client = MlflowClient(mlflow_server)
     names = {a.path for a in client.list_artifacts(tracker.run_id)}
     assert {"adapter", "config.yaml", "environment.json", "eval"} <= names
@@ -120,8 +123,47 @@ def test_adapter_config_and_fingerprint_come_back_as_artifacts(finished_trial, m
     assert "perplexity_offline" in results["results"]
 
 
+def test_phase_timings_are_recorded_in_mlflow_and_result_json(finished_trial, mlflow_server) -> None:
+    from trainers.phases import COMPUTE_PHASES, PHASES
+
+    _, result, tracker, wall_s = finished_trial
+    phases = result.phases
+    assert {"start", "load", "baseline_eval", "train", "eval", "record"} <= set(phases)
+    assert all(phases[name] > 0 for name in ("load", "baseline_eval", "train", "eval", "record"))
+    assert {"load/targets", "load/tokenizer", "load/data", "load/weights", "load/kbit_prep",
+            "load/lora"} <= set(phases)
+    assert sum(phases[f"load/{part}"] for part in ("targets", "tokenizer", "data", "weights", "lora")) \
+        <= phases["load"]
+    assert phases["total"] == pytest.approx(sum(phases[n] for n in PHASES if n in phases), abs=0.01)
+    assert phases["compute"] == pytest.approx(sum(phases[n] for n in COMPUTE_PHASES if n in phases), abs=0.01)
+    # The phases account for the trial's whole wall time, not only the parts that were timed.
+    assert phases["total"] == pytest.approx(wall_s, rel=0.05)
+
+    metrics = MlflowClient(mlflow_server).get_run(tracker.run_id).data.metrics
+    for name, seconds in phases.items():
+        assert metrics[f"time/{name}_s"] == pytest.approx(seconds), name
+    on_disk = json.loads((result.workdir / "result.json").read_text())
+    assert on_disk["status"] == "finished" and on_disk["run_id"] == tracker.run_id
+    assert on_disk["phases"] == phases and on_disk["train"]["steps"] == 6
+    assert on_disk["metrics"]["eval/perplexity"] == result.metrics["eval/perplexity"]
+
+
+def test_each_intermediate_evaluation_is_timed(mlflow_server, tiny_config, tmp_path: Path) -> None:
+    cfg = tiny_config(train={"max_steps": 6}, eval={"tasks": ["perplexity_offline"], "limit": 4})
+    tracker = MlflowTracker.start(mlflow_server, "trial-test", "intermediate")
+    reports: list[tuple[int, float]] = []
+    pruning = Pruning(report_every=2, metric="eval/perplexity",
+                      report=lambda step, value: reports.append((step, value)) is not None)
+    result = run_trial(cfg, tracker, tmp_path / "trial", pruning=pruning)
+    tracker.finish("FINISHED")
+    assert result.status == "finished" and [step for step, _ in reports] == [2, 4]
+    history = MlflowClient(mlflow_server).get_metric_history(tracker.run_id, "time/pruning_eval_s")
+    assert sorted(m.step for m in history) == [2, 4] and all(m.value > 0 for m in history)
+    assert result.phases["intermediate_eval"] == pytest.approx(sum(m.value for m in history), abs=0.01)
+
+
 def test_credentials_are_never_recorded(finished_trial, mlflow_server, tmp_path: Path) -> None:
-    _, result, tracker = finished_trial
+    _, result, tracker, _ = finished_trial
     client = MlflowClient(mlflow_server)
     run = client.get_run(tracker.run_id)
     recorded = json.dumps([run.data.params, run.data.tags])
@@ -176,6 +218,11 @@ def test_a_failing_trial_is_recorded_with_its_traceback(mlflow_server, tiny_conf
     assert "not valid JSON" in run.data.tags["qsweep.reason"]
     trace = Path(client.download_artifacts(tracker.run_id, "traceback.txt", str(tmp_path))).read_text()
     assert "DataError" in trace
+    # Where its time went is kept too: it failed while loading its data.
+    assert run.data.metrics["time/load_s"] > 0 and "time/train_s" not in run.data.metrics
+    on_disk = json.loads((tmp_path / "trial" / "result.json").read_text())
+    assert on_disk["status"] == "failed" and "not valid JSON" in on_disk["reason"]
+    assert "load/data" in on_disk["phases"]  # the part it failed in
 
 
 def test_a_nan_trial_is_tagged_nan(mlflow_server, tiny_config, tmp_path: Path) -> None:

@@ -1,0 +1,28 @@
+# Prepare a lent GPU machine (no network) for the GPU benchmarks; `source` it from the project
+# root with .device-site/ (../shared/tools/device-site) and .device-assets/ carried along:
+#
+#   source bench/gpu_setup.sh && python3 bench/trial_gpu.py --out $OUT/trial.json
+#
+# .device-assets/assets.tar.xz holds the offline `mmlu` asset (assets/mmlu, with its manifest)
+# and SmolLM2's tokenizer files (smollm2-tokenizer/); see bench/README.md for how it is packed.
+# Packages are byte-compiled as `pip install` would (the packed site ships sources only, and
+# every trial process would otherwise compile them again). The model: the Llama-3-8B shape
+# with random bf16 weights and SmolLM2's tokenizer, written to /tmp/llama3-8b (about 30 s).
+set -e
+if [ ! -d /tmp/site/ray ]; then
+  mkdir -p /tmp/site && tar -xJf .device-site/site.tar.xz -C /tmp/site
+  python3 -m compileall -q -j 0 /tmp/site > /dev/null 2>&1 || true
+fi
+if [ -f .device-assets/py-spy.xz ] && [ ! -x /tmp/site/bin/py-spy ]; then   # optional profiler
+  mkdir -p /tmp/site/bin && xz -dc .device-assets/py-spy.xz > /tmp/site/bin/py-spy && chmod +x /tmp/site/bin/py-spy
+fi
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
+export QSWEEP_CACHE_DIR=/tmp/qsweep-cache PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
+if [ ! -d "$QSWEEP_CACHE_DIR/assets/mmlu" ]; then
+  mkdir -p "$QSWEEP_CACHE_DIR" && tar -xJf .device-assets/assets.tar.xz -C "$QSWEEP_CACHE_DIR"
+fi
+if [ ! -f /tmp/llama3-8b/config.json ]; then
+  python3 -m trainers.random_model --shape llama3-8b --dtype bf16 --vocab-size 128256 --device cuda \
+    --tokenizer-from "$QSWEEP_CACHE_DIR/smollm2-tokenizer" /tmp/llama3-8b > /dev/null
+fi
+set +e
