@@ -5,13 +5,15 @@
 #
 # .device-assets/assets.tar.xz holds the offline `mmlu` asset (assets/mmlu, with its manifest)
 # and SmolLM2's tokenizer files (smollm2-tokenizer/); see bench/README.md for how it is packed.
-# Packages are byte-compiled as `pip install` would (the packed site ships sources only, and
-# every trial process would otherwise compile them again). The model: the Llama-3-8B shape
+# The model: the Llama-3-8B shape
 # with random bf16 weights and SmolLM2's tokenizer, written to /tmp/llama3-8b (about 30 s).
 set -e
 if [ ! -d /tmp/site/ray ]; then
   mkdir -p /tmp/site && tar -xJf .device-site/site.tar.xz -C /tmp/site
-  python3 -m compileall -q -j 0 /tmp/site > /dev/null 2>&1 || true
+  # Byte-compile as an installer would: the packed site and the machine's own packages come
+  # without .pyc files, and every trial process would compile them again (seconds each).
+  python3 -m compileall -q -j 0 /tmp/site "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+    > /dev/null 2>&1 || true
 fi
 if [ -f .device-assets/py-spy.xz ] && [ ! -x /tmp/site/bin/py-spy ]; then   # optional profiler
   mkdir -p /tmp/site/bin && xz -dc .device-assets/py-spy.xz > /tmp/site/bin/py-spy && chmod +x /tmp/site/bin/py-spy

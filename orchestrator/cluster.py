@@ -97,7 +97,15 @@ class TrialResources:
     """What each trial asks of the cluster."""
 
     gpus: float
+    """GPUs each trial asks Ray for (half of one when two trials take turns on each GPU)."""
     cpus: float
+    overlap: bool = False
+    """Two trials share each GPU and take turns computing on it (``resources.overlap``)."""
+
+    @property
+    def compute_gpus(self) -> float:
+        """GPUs a trial has to itself while it trains or evaluates."""
+        return self.gpus * 2 if self.overlap else self.gpus
 
 
 class Cluster:

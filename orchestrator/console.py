@@ -138,10 +138,11 @@ def phase_table(phases: dict[str, float], title: str = "time") -> Table:
 
 def usage_lines(usage: Any) -> str:
     """What ``qsweep run`` prints at its end: GPU use, makespan against its ideal, phase medians."""
-    unit, plural = usage.unit, f"{usage.unit}s"
+    unit = usage.unit
+    plural = unit if usage.capacity == 1 else f"{unit}s"
     lines = [
-        f"{unit} use: {usage.trials} trial runs held {usage.capacity:g} {plural} for "
-        f"{usage.held_s:,.0f} {unit}-s, {usage.busy_share:.1%} of it training or evaluating",
+        f"{unit} use: {usage.trials} trial runs on {usage.capacity:g} {plural}, held for "
+        f"{usage.held_s:,.0f} {unit}-s: {usage.busy_share:.1%} of it training or evaluating",
         f"makespan {_duration(usage.makespan_s)} against an ideal of {_duration(usage.ideal_s)} "
         f"({usage.makespan_ratio:.2f}x; ideal: all training and evaluation packed onto the "
         f"{usage.capacity:g} {plural})",

@@ -47,9 +47,16 @@ class PreparedSweep:
         fits = [capacity.cpus / resources.cpus]
         if resources.gpus > 0:
             fits.append(capacity.gpus / resources.gpus)
-        limit = concurrency or spec.concurrency or max(1, int(min(fits)))
+        wanted = concurrency or spec.concurrency
+        if wanted is None:
+            limit = max(1, int(min(fits)))
+        elif resources.overlap:  # each computing trial has its successor preparing beside it
+            limit = max(1, min(2 * wanted, int(fits[0])))
+        else:
+            limit = wanted
+        turns = ", 2 trials taking turns on each GPU" if resources.overlap else ""
         self.placement = (f"{capacity.gpus:g} GPUs, {capacity.cpus:g} CPUs ({resources.gpus:g} GPU and "
-                          f"{resources.cpus:g} CPUs per trial)" if resources.gpus else
+                          f"{resources.cpus:g} CPUs per trial{turns})" if resources.gpus else
                           f"{capacity.cpus:g} CPUs ({resources.cpus:g} per trial; no GPU in the cluster: "
                           "trials run on CPU)")
         self._store = StudyStore(self.optuna_url, spec)
@@ -71,17 +78,24 @@ class PreparedSweep:
 
 
 def trial_resources(requested: Any, capacity: Any) -> Any:
-    """GPUs and CPUs each trial asks for: the spec's ``resources``, with ``cpus: auto`` resolved
-    to the cluster's CPUs per GPU (whole cores; 1 without GPUs), and no GPU on a cluster without."""
+    """GPUs and CPUs each trial asks for: the spec's ``resources`` on this cluster.
+
+    No GPU on a cluster without; half a GPU for trials of one GPU that take turns on it
+    (``overlap``); ``cpus: auto`` resolved to the CPUs per GPU of the GPU nodes times the GPUs
+    asked for (whole cores, at least 1; 1 on a cluster without GPUs).
+    """
     import math
 
     from orchestrator.cluster import TrialResources
 
     gpus = requested.gpus if capacity.gpus > 0 else 0.0
+    overlap = requested.overlap and gpus == 1
+    if overlap:
+        gpus = 0.5
     cpus = requested.cpus
     if cpus == "auto":
         cpus = max(1.0, math.floor(capacity.cpus_per_gpu * gpus)) if gpus > 0 else 1.0
-    return TrialResources(gpus=gpus, cpus=float(cpus))
+    return TrialResources(gpus=gpus, cpus=float(cpus), overlap=overlap)
 
 
 def resolve_storage(plan: Plan, directory: SweepDir, root: Path) -> tuple[str, str, str]:

@@ -258,6 +258,12 @@ class Resources(ConfigSection):
     node), 1 on a cluster without GPUs. A trial's CPU-side work (loading, LoRA set-up, data,
     evaluation requests, checkpoints) runs on that many threads: Ray sets OMP_NUM_THREADS to it."""
 
+    overlap: bool = True
+    """Trials of one GPU take turns on it: while one trains and evaluates, the next one starts on
+    the same GPU — imports, checks and tokenizes its data — and loads its weights as soon as the
+    first has finished with the GPU (a lease per GPU; only one trial's model is ever in its
+    memory). Hides each trial's start-up; has no effect on trials of other than one GPU."""
+
     @field_validator("cpus")
     @classmethod
     def _check_cpus(cls, cpus: float | str) -> float | str:
@@ -353,7 +359,9 @@ class SweepSpec(BaseModel):
     resources: Resources = Resources()
     """GPUs and CPUs per trial."""
     concurrency: int | None = Field(None, gt=0)
-    """Trials at a time; null: as many as the cluster's GPUs (or CPUs) hold."""
+    """Trials at a time; null: as many as the cluster's GPUs (or CPUs) hold. With
+    ``resources.overlap`` it counts the trials that compute at a time, each with its successor
+    preparing beside it."""
     retries: int = Field(2, ge=0)
     """Times a trial whose worker process died is started again (from its checkpoint)."""
     oom_retries: int = Field(2, ge=0)

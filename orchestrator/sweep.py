@@ -136,7 +136,8 @@ class SweepDriver:
             thread_name_prefix="mlflow")
         self.opening: dict[futures.Future, tuple[StudyPlan, TrialRecord]] = {}
         self.closing: list[futures.Future] = []
-        self.usage = Usage(per_trial=resources.gpus, concurrency=concurrency)
+        self.usage = Usage(compute_gpus=resources.compute_gpus,
+                           capacity=concurrency * resources.gpus if resources.gpus else concurrency)
 
     # ----------------------------------------------------------------- set-up
     def open_parent(self) -> MlflowTracker:
@@ -312,7 +313,7 @@ class SweepDriver:
         request = TrialRequest(key=key, config=config.to_dict(), run_id=run.run_id, tracking_uri=self.uri,
                                workdir=str(workdir), objective=self.spec.objectives[0].metric,
                                report_every=pruner.report_every if pruner else None,
-                               submitted_at=time.time())
+                               submitted_at=time.time(), gpu_lease=self.resources.overlap)
         if record.attrs.get("run_id") != run.run_id:
             self.store.set_attrs(planned, record.number, {"run_id": run.run_id})
         ref = self.cluster.submit(self.trial_fn, request, gpus=self.resources.gpus, cpus=self.resources.cpus,
@@ -357,7 +358,7 @@ class SweepDriver:
         except TrialCrashed as crash:
             reason = f"worker died {self.spec.retries + 1} times: {crash}"
             outcome = TrialOutcome(entry.key, "crashed", reason)
-        self.usage.add(time.monotonic() - entry.started, outcome.phases)
+        self.usage.add(outcome.phases)
         if outcome.status == "oom" and self._retry_smaller(entry, outcome):
             return
         self._end(entry, outcome)

@@ -23,6 +23,7 @@ histories stay complete, without duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import traceback
@@ -129,9 +130,22 @@ def _train_metrics(metrics: StepMetrics) -> dict[str, float]:
     }
 
 
+@dataclass
+class _Computed:
+    """What the part of a trial that uses the accelerator produced."""
+
+    status: str
+    reason: str
+    trained: TrainResult | None = None
+    baseline: dict[str, float] = field(default_factory=dict)
+    evaluation: Any = None
+    """The final ``EvalOutcome`` (None without tasks, or when training did not finish)."""
+
+
 def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
               on_step: Callable[[StepMetrics], None] | None = None,
-              pruning: Pruning | None = None, phases: PhaseClock | None = None) -> TrialResult:
+              pruning: Pruning | None = None, phases: PhaseClock | None = None,
+              gpu_lease: contextlib.AbstractContextManager | None = None) -> TrialResult:
     """Train, evaluate and record one trial. See the module docstring for what is recorded.
 
     A non-finite loss ends the trial with status ``nan`` (no evaluation); a pruner's stop
@@ -142,17 +156,18 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
     process start (or the trial's submission) so that the ``start`` phase covers imports and
     set-up; by default the trial starts now. Its time goes to MLflow (``time/<phase>_s``),
     ``result.json`` and :attr:`TrialResult.phases`, also when the trial fails.
-    """
-    from evaluation.batching import BatchSizer
-    from evaluation.config import EvalConfig
-    from evaluation.harness import EvalOutcome, evaluate_model
-    from orchestrator.fingerprint import environment_fingerprint
-    from trainers.loop import fit, prepare
-    from trainers.model import DTYPES, resolve_device
 
+    ``gpu_lease`` is held while the trial uses its accelerator — from loading the weights to
+    the end of the final evaluation, after which the model's memory is released: everything
+    before (imports, checks, tokenizer, data) and after (artifacts) can overlap another trial's
+    work on the same GPU. Waiting for it is the ``wait`` phase.
+    """
     phases = phases or PhaseClock()
+    from orchestrator.fingerprint import environment_fingerprint
+    from trainers.loop import prepare_data
+
     if "start" not in phases.seconds:
-        phases.mark_start()
+        phases.mark_start()  # imports included
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     result: TrialResult | None = None
@@ -165,98 +180,20 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
             config_file.write_text(yaml.safe_dump(redacted_config(cfg), sort_keys=False))
             tracker.log_artifact(config_file)
         with phases.phase("load"):
-            setup = prepare(cfg, phases)
-        qlora = setup.qlora
+            data = prepare_data(cfg, phases)
         with phases.phase("record"):
             fingerprint = workdir / "environment.json"
-            fingerprint.write_text(json.dumps(environment_fingerprint(setup.data_sha256), indent=1))
+            fingerprint.write_text(json.dumps(environment_fingerprint(data.data_sha256), indent=1))
             tracker.log_artifact(fingerprint)
-            tracker.log_metrics({
-                "model/base_weight_bytes": float(qlora.footprint.total_bytes),
-                "model/quantized_bytes": float(qlora.footprint.quantized_bytes),
-                "model/bits_per_quantized_param": qlora.footprint.bits_per_quantized_param,
-                "model/trainable_params": float(qlora.trainable_params),
-            }, step=0)
-        # One sizer for every evaluation of this model: its memory is measured once.
-        sizer = BatchSizer.for_device(cfg.eval.batch_size, resolve_device(cfg.train.device))
-
-        def evaluate(evaluation: EvalConfig = cfg.eval) -> EvalOutcome:
-            return evaluate_model(qlora.model, qlora.tokenizer, evaluation,
-                                  compute_dtype=DTYPES[cfg.quant.compute_dtype],
-                                  weight_dtype=DTYPES[cfg.model.dtype],
-                                  exclude_subjects=excluded_subjects(cfg), sizer=sizer)
-
-        baseline: dict[str, float] = {}
-        if cfg.eval.tasks and cfg.eval.baseline:
-            log.info("evaluating the untuned base model (step 0)")
-            with phases.phase("baseline_eval"), qlora.model.disable_adapter():
-                outcome = evaluate(cfg.eval.for_baseline())
+        with contextlib.ExitStack() as leased:
+            if gpu_lease is not None:
+                with phases.phase("wait"):
+                    leased.enter_context(gpu_lease)
+            computed = _compute(cfg, data, tracker, workdir, phases, on_step, pruning)
             with phases.phase("record"):
-                baseline = outcome.metrics
-                tracker.log_metrics(baseline, step=0)
-                for path in outcome.write(workdir / "eval" / "baseline"):
-                    tracker.log_artifact(path, "eval/baseline")
-
-        logged = tracker.last_logged_step("train/loss")
-        window: list[float] = []
-
-        def record_step(metrics: StepMetrics) -> None:
-            if metrics.step > logged:
-                tracker.log_metrics(_train_metrics(metrics), step=metrics.step)
-            if on_step is not None:
-                on_step(metrics)
-            window.append(metrics.loss)
-            if pruning is None or metrics.step % pruning.report_every or metrics.step == cfg.train.max_steps:
-                return
-            if pruning.metric == "train/final_loss":
-                value = sum(window) / len(window)
-            else:
-                began = phases.clock()
-                intermediate = evaluate().metrics
-                seconds = phases.clock() - began
-                phases.intermediate_eval(metrics.step, seconds)
-                if metrics.step > logged:  # a resumed trial has these already
-                    tracker.log_metrics({**intermediate, "time/pruning_eval_s": seconds},
-                                        step=metrics.step)
-                value = intermediate[pruning.metric]
-            window.clear()
-            if pruning.report(metrics.step, value):
-                raise TrialPruned(metrics.step, value)
-
-        trained = None
-        began = phases.clock()
-        evaluating_before = phases.seconds.get("intermediate_eval", 0.0)
-        try:
-            trained = fit(setup, cfg, workdir, record_step)
-        except TrialPruned as pruned:
-            tracker.set_tags({"qsweep.status": "pruned", "qsweep.reason": str(pruned)})
-            result = TrialResult("pruned", str(pruned), tracker.run_id, workdir, baseline_metrics=baseline)
-            return result
-        finally:
-            evaluating = phases.seconds.get("intermediate_eval", 0.0) - evaluating_before
-            phases.add("train", phases.clock() - began - evaluating)
-        if trained.status != "finished":
-            tracker.set_tags({"qsweep.status": trained.status, "qsweep.reason": trained.reason})
-            result = TrialResult(trained.status, trained.reason, tracker.run_id, workdir, trained,
-                                 baseline_metrics=baseline)
-            return result
-        metrics: dict[str, float] = {}
-        if cfg.eval.tasks:
-            log.info("evaluating the trained model")
-            with phases.phase("eval"):
-                outcome = evaluate()
-            metrics = outcome.metrics
+                _release_accelerator_memory()
         with phases.phase("record"):
-            tracker.log_artifact(trained.adapter_dir, "adapter")
-            if cfg.eval.tasks:
-                tracker.log_metrics(metrics, step=trained.steps)
-                for path in outcome.write(workdir / "eval"):
-                    tracker.log_artifact(path, "eval")
-            tracker.log_metrics({"train/final_loss": trained.final_loss or float("nan"),
-                                 "train/mean_tokens_per_s": trained.tokens_per_s}, step=trained.steps)
-            tracker.set_tags({"qsweep.status": "finished", "qsweep.reason": trained.reason})
-        result = TrialResult("finished", trained.reason, tracker.run_id, workdir, trained,
-                             metrics=metrics, baseline_metrics=baseline)
+            result = _record(cfg, computed, tracker, workdir)
         return result
     except BaseException as err:
         reason = f"{type(err).__name__}: {err}"[:500]
@@ -272,6 +209,122 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
     finally:
         if result is not None:
             _record_phases(result, phases, tracker)
+
+
+def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phases: PhaseClock,
+             on_step: Callable[[StepMetrics], None] | None, pruning: Pruning | None) -> _Computed:
+    """Load the model onto the accelerator, evaluate the base, train, evaluate the result."""
+    with phases.phase("load"):
+        from evaluation.batching import BatchSizer
+        from evaluation.config import EvalConfig
+        from evaluation.harness import EvalOutcome, evaluate_model
+        from trainers.loop import fit, load_model
+        from trainers.model import DTYPES, resolve_device
+
+        setup = load_model(data, cfg, phases)
+    qlora = setup.qlora
+    with phases.phase("record"):
+        tracker.log_metrics({
+            "model/base_weight_bytes": float(qlora.footprint.total_bytes),
+            "model/quantized_bytes": float(qlora.footprint.quantized_bytes),
+            "model/bits_per_quantized_param": qlora.footprint.bits_per_quantized_param,
+            "model/trainable_params": float(qlora.trainable_params),
+        }, step=0)
+        logged = tracker.last_logged_step("train/loss")
+    # One sizer for every evaluation of this model: its memory is measured once.
+    sizer = BatchSizer.for_device(cfg.eval.batch_size, resolve_device(cfg.train.device))
+
+    def evaluate(evaluation: EvalConfig = cfg.eval) -> EvalOutcome:
+        return evaluate_model(qlora.model, qlora.tokenizer, evaluation,
+                              compute_dtype=DTYPES[cfg.quant.compute_dtype],
+                              weight_dtype=DTYPES[cfg.model.dtype],
+                              exclude_subjects=excluded_subjects(cfg), sizer=sizer)
+
+    baseline: dict[str, float] = {}
+    if cfg.eval.tasks and cfg.eval.baseline:
+        log.info("evaluating the untuned base model (step 0)")
+        with phases.phase("baseline_eval"), qlora.model.disable_adapter():
+            outcome = evaluate(cfg.eval.for_baseline())
+        with phases.phase("record"):
+            baseline = outcome.metrics
+            tracker.log_metrics(baseline, step=0)
+            for path in outcome.write(workdir / "eval" / "baseline"):
+                tracker.log_artifact(path, "eval/baseline")
+
+    window: list[float] = []
+
+    def record_step(metrics: StepMetrics) -> None:
+        if metrics.step > logged:
+            tracker.log_metrics(_train_metrics(metrics), step=metrics.step)
+        if on_step is not None:
+            on_step(metrics)
+        window.append(metrics.loss)
+        if pruning is None or metrics.step % pruning.report_every or metrics.step == cfg.train.max_steps:
+            return
+        if pruning.metric == "train/final_loss":
+            value = sum(window) / len(window)
+        else:
+            began = phases.clock()
+            intermediate = evaluate().metrics
+            seconds = phases.clock() - began
+            phases.intermediate_eval(metrics.step, seconds)
+            if metrics.step > logged:  # a resumed trial has these already
+                tracker.log_metrics({**intermediate, "time/pruning_eval_s": seconds}, step=metrics.step)
+            value = intermediate[pruning.metric]
+        window.clear()
+        if pruning.report(metrics.step, value):
+            raise TrialPruned(metrics.step, value)
+
+    began = phases.clock()
+    evaluating_before = phases.seconds.get("intermediate_eval", 0.0)
+    try:
+        trained = fit(setup, cfg, workdir, record_step)
+    except TrialPruned as pruned:
+        return _Computed("pruned", str(pruned), baseline=baseline)
+    finally:
+        evaluating = phases.seconds.get("intermediate_eval", 0.0) - evaluating_before
+        phases.add("train", phases.clock() - began - evaluating)
+    if trained.status != "finished":
+        return _Computed(trained.status, trained.reason, trained, baseline)
+    evaluation = None
+    if cfg.eval.tasks:
+        log.info("evaluating the trained model")
+        with phases.phase("eval"):
+            evaluation = evaluate()
+    return _Computed("finished", trained.reason, trained, baseline, evaluation)
+
+
+def _release_accelerator_memory() -> None:
+    """Give the model's GPU memory back before the lease ends (the next trial loads into it)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _record(cfg: TrialConfig, computed: _Computed, tracker: Tracker, workdir: Path) -> TrialResult:
+    """The trial's outcome into MLflow: artifacts, final metrics and its status."""
+    trained = computed.trained
+    if computed.status != "finished":
+        tracker.set_tags({"qsweep.status": computed.status, "qsweep.reason": computed.reason})
+        return TrialResult(computed.status, computed.reason, tracker.run_id, workdir, trained,
+                           baseline_metrics=computed.baseline)
+    assert trained is not None and trained.adapter_dir is not None
+    tracker.log_artifact(trained.adapter_dir, "adapter")
+    metrics: dict[str, float] = {}
+    if computed.evaluation is not None:
+        metrics = computed.evaluation.metrics
+        tracker.log_metrics(metrics, step=trained.steps)
+        for path in computed.evaluation.write(workdir / "eval"):
+            tracker.log_artifact(path, "eval")
+    tracker.log_metrics({"train/final_loss": trained.final_loss or float("nan"),
+                         "train/mean_tokens_per_s": trained.tokens_per_s}, step=trained.steps)
+    tracker.set_tags({"qsweep.status": "finished", "qsweep.reason": trained.reason})
+    return TrialResult("finished", trained.reason, tracker.run_id, workdir, trained,
+                       metrics=metrics, baseline_metrics=computed.baseline)
 
 
 def _record_phases(result: TrialResult, phases: PhaseClock, tracker: Tracker) -> None:

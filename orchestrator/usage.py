@@ -1,10 +1,10 @@
-"""How well a sweep kept its accelerators busy: held time against training and evaluating.
+"""How well a sweep kept its GPUs busy: compute time against the GPU time it held.
 
-Every trial holds its GPUs from submission until the driver collects it; of that time only
-the compute phases (``trainers.phases.COMPUTE_PHASES``: training and evaluating) are what the
-sweep is for. :class:`Usage` sums both over the trials one driver ran and compares the
-makespan with the ideal — all compute packed onto the GPUs the sweep runs on, with no
-start-up, loading or gaps. On a cluster without GPUs the same holds for trial slots.
+A sweep holds its GPUs for its makespan; of that GPU time only the trials' compute phases
+(``trainers.phases.COMPUTE_PHASES``: training and evaluating) are what the sweep is for —
+start-up, loading, recording, waiting and idle GPUs are overhead. :class:`Usage` sums the
+compute of the trials one driver ran and compares the makespan with the ideal: all of that
+compute packed onto the sweep's GPUs. On a cluster without GPUs the same holds for trial slots.
 """
 
 from __future__ import annotations
@@ -24,16 +24,22 @@ class UsageSummary:
     capacity: float
     """GPUs (slots) the sweep runs on at once."""
     trials: int
-    """Trial attempts collected by this driver."""
-    held_s: float
-    """GPU-seconds (slot-seconds) held by those attempts."""
+    """Trial runs collected by this driver (a retried trial counts each time)."""
     compute_s: float
-    """GPU-seconds of them spent training or evaluating."""
+    """GPU-seconds (slot-seconds) spent training or evaluating."""
     makespan_s: float
-    ideal_s: float
-    """The compute spread over ``capacity``: the shortest possible makespan."""
     phase_medians: dict[str, float]
-    """Median seconds of each phase over the attempts that reported it."""
+    """Median seconds of each phase over the trial runs that reported it."""
+
+    @property
+    def held_s(self) -> float:
+        """GPU-seconds the sweep held: its GPUs for its makespan."""
+        return self.capacity * self.makespan_s
+
+    @property
+    def ideal_s(self) -> float:
+        """The compute spread over the GPUs: the shortest possible makespan."""
+        return self.compute_s / self.capacity if self.capacity else 0.0
 
     @property
     def busy_share(self) -> float:
@@ -54,41 +60,32 @@ class UsageSummary:
 
 @dataclass
 class Usage:
-    """Accumulates held and compute time of the trials one driver runs.
+    """Accumulates the compute of the trials one driver runs.
 
     Args:
-        per_trial: GPUs each trial asks for (0 on a cluster without GPUs: one slot each).
-        concurrency: trials at a time.
+        compute_gpus: GPUs a trial has to itself while it computes (0 on a cluster without
+            GPUs: it counts as one slot).
+        capacity: GPUs the sweep runs on at once (trials at a time x GPUs each asks for; slots
+            on a cluster without GPUs).
     """
 
-    per_trial: float
-    concurrency: int
-    held_s: float = 0.0
+    compute_gpus: float
+    capacity: float
     compute_s: float = 0.0
     trials: int = 0
     phases: dict[str, list[float]] = field(default_factory=dict)
 
-    @property
-    def unit(self) -> str:
-        return "GPU" if self.per_trial > 0 else "slot"
-
-    @property
-    def _weight(self) -> float:
-        return self.per_trial if self.per_trial > 0 else 1.0
-
-    def add(self, held_wall_s: float, phases: dict[str, float]) -> None:
-        """One trial attempt: how long it held its GPUs, and its phases (may be empty)."""
+    def add(self, phases: dict[str, float]) -> None:
+        """One trial run's phases (empty for a run that reported none, e.g. a crashed worker)."""
         self.trials += 1
-        self.held_s += held_wall_s * self._weight
-        self.compute_s += sum(phases.get(name, 0.0) for name in COMPUTE_PHASES) * self._weight
+        weight = self.compute_gpus if self.compute_gpus > 0 else 1.0
+        self.compute_s += sum(phases.get(name, 0.0) for name in COMPUTE_PHASES) * weight
         for name in PHASES:
             if name in phases:
                 self.phases.setdefault(name, []).append(phases[name])
 
     def summary(self, makespan_s: float) -> UsageSummary:
-        capacity = self.concurrency * self._weight
-        return UsageSummary(unit=self.unit, capacity=capacity, trials=self.trials, held_s=self.held_s,
-                            compute_s=self.compute_s, makespan_s=makespan_s,
-                            ideal_s=self.compute_s / capacity if capacity else 0.0,
+        return UsageSummary(unit="GPU" if self.compute_gpus > 0 else "slot", capacity=self.capacity,
+                            trials=self.trials, compute_s=self.compute_s, makespan_s=makespan_s,
                             phase_medians={name: statistics.median(values)
                                            for name, values in self.phases.items()})

@@ -47,6 +47,8 @@ class TrialRequest:
     submitted_at: float = 0.0
     """``time.time()`` when the driver submitted the trial: its ``start`` phase begins there
     (or at the worker process's start, if later)."""
+    gpu_lease: bool = False
+    """Trials take turns on this GPU: hold its lease while using it (``resources.overlap``)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,22 @@ def _log_to(workdir: Path) -> None:
     root.setLevel(logging.INFO)
     for noisy in ("bitsandbytes", "lm_eval", "urllib3", "alembic", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def gpu_lease(cfg: Any) -> Any:
+    """The lease of the GPU this worker was given, when the trial runs on it: a lock file per
+    GPU of the node, so that trials sharing it take turns (None when it runs on the CPU)."""
+    import tempfile
+
+    from filelock import FileLock
+
+    from trainers.model import resolve_device
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not visible or resolve_device(cfg.train.device).type != "cuda":
+        return None
+    name = "".join(c if c.isalnum() else "-" for c in visible)
+    return FileLock(str(Path(tempfile.gettempdir()) / f"qsweep-gpu-{name}.lock"))
 
 
 def summary_metrics(result: Any) -> dict[str, float]:
@@ -124,7 +142,8 @@ def execute(request: TrialRequest, report: Report | None = None) -> TrialOutcome
         tracker = MlflowTracker.attach(request.tracking_uri, request.run_id)
         pruning = (Pruning(request.report_every, request.objective, report)
                    if report is not None and request.report_every else None)
-        result = run_trial(cfg, tracker, workdir, pruning=pruning, phases=phases)
+        result = run_trial(cfg, tracker, workdir, pruning=pruning, phases=phases,
+                           gpu_lease=gpu_lease(cfg) if request.gpu_lease else None)
     except torch.OutOfMemoryError as err:
         return outcome("oom", f"out of memory: {str(err).splitlines()[0][:300]}")
     except Exception as err:  # noqa: BLE001 - the sweep goes on; run_trial recorded the traceback

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,6 +58,20 @@ class ResumeMismatch(Exception):
 
 
 @dataclass
+class TrainingData:
+    """What :func:`prepare_data` gets ready without touching the accelerator."""
+
+    source: str
+    """Path or hub id the model loads from."""
+    targets: list[str]
+    """Qualified names of the LoRA target layers."""
+    tokenizer: Any
+    examples: list[Example]
+    data_sha256: str
+    """Content hash of the training records (after ``data.limit``)."""
+
+
+@dataclass
 class TrainingSetup:
     """What :func:`prepare` loads: the trainable model and the tokenized examples."""
 
@@ -66,15 +81,14 @@ class TrainingSetup:
     """Content hash of the training records (after ``data.limit``)."""
 
 
-def prepare(cfg: TrainingConfig, phases: PhaseClock | None = None) -> TrainingSetup:
-    """Resolve and check everything cheap first, then load data and the quantized model.
+def prepare_data(cfg: TrainingConfig, phases: PhaseClock | None = None) -> TrainingData:
+    """Everything before the weights, on the CPU: the model's source and LoRA targets (checked on
+    a weightless skeleton), the tokenizer, the tokenized training data.
 
-    ``phases`` receives the parts of loading: ``load/targets`` (LoRA targets resolved on a
-    weightless skeleton), ``load/tokenizer``, ``load/data`` (read and tokenize), and those of
-    :func:`trainers.model.load_qlora_model`.
+    ``phases`` receives ``load/targets``, ``load/tokenizer`` and ``load/data``.
     """
     phases = phases or PhaseClock()
-    device = resolve_device(cfg.train.device)
+    resolve_device(cfg.train.device)  # a missing GPU is a config error before anything loads
     with phases.phase("load/targets"):
         source = model_source(cfg.model)
         targets = check_targets(source, cfg)
@@ -85,8 +99,21 @@ def prepare(cfg: TrainingConfig, phases: PhaseClock | None = None) -> TrainingSe
         examples = tokenize(records, tokenizer, cfg)
         data_sha256 = records_sha256(records)
     log.info("data: %d examples", len(examples))
-    qlora = load_qlora_model(cfg, device, source=source, targets=targets, tokenizer=tokenizer, phases=phases)
-    return TrainingSetup(qlora=qlora, examples=examples, data_sha256=data_sha256)
+    return TrainingData(source, targets, tokenizer, examples, data_sha256)
+
+
+def load_model(data: TrainingData, cfg: TrainingConfig, phases: PhaseClock | None = None) -> TrainingSetup:
+    """Load the quantized model with its adapters onto the trial's device (phases as in
+    :func:`trainers.model.load_qlora_model`)."""
+    qlora = load_qlora_model(cfg, resolve_device(cfg.train.device), source=data.source, targets=data.targets,
+                             tokenizer=data.tokenizer, phases=phases)
+    return TrainingSetup(qlora=qlora, examples=data.examples, data_sha256=data.data_sha256)
+
+
+def prepare(cfg: TrainingConfig, phases: PhaseClock | None = None) -> TrainingSetup:
+    """Resolve and check everything cheap first, then load data and the quantized model:
+    :func:`prepare_data`, then :func:`load_model`."""
+    return load_model(prepare_data(cfg, phases), cfg, phases)
 
 
 def records_sha256(records: list[dict]) -> str:

@@ -229,7 +229,11 @@ def load_qlora_model(cfg: TrainingConfig, device: torch.device, source: str | No
             base.enable_input_require_grads()
         _sync(device)
     with phases.phase("load/lora"):
-        model = _attach_lora(base, cfg, targets)
+        # Adapters are created and initialized where the model is: on a GPU that takes a
+        # fraction of a second, where CPU initialization of an 8B model's r=64 adapters takes
+        # seconds (and longer on the one thread a 1-CPU Ray trial gets).
+        with torch.device(device):
+            model = _attach_lora(base, cfg, targets)
         _sync(device)
     return QLoRAModel(model=model, tokenizer=tokenizer, device=device, footprint=footprint,
                       target_modules=targets)

@@ -9,6 +9,8 @@ them (MLflow metrics ``time/<phase>_s``, ``result.json``, the command's summary)
 ``load``                  model and data: LoRA targets, tokenizer, training data, weights
                           (read and quantized), k-bit preparation, LoRA adapters
                           (sub-phases ``load/<part>``)
+``wait``                  waiting for the GPU while another trial uses it (sweeps that
+                          overlap trials: ``resources.overlap``)
 ``baseline_eval``         evaluation of the untuned base (``eval.baseline``)
 ``train``                 the optimization loop, checkpoints included, without the
                           intermediate evaluations
@@ -32,12 +34,12 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
-PHASES = ("start", "load", "baseline_eval", "train", "intermediate_eval", "eval", "record")
+PHASES = ("start", "load", "wait", "baseline_eval", "train", "intermediate_eval", "eval", "record")
 """The top-level phases, in the order a trial runs them."""
 COMPUTE_PHASES = ("baseline_eval", "train", "intermediate_eval", "eval")
 """The phases that use the accelerator for what the trial is for: training and evaluating."""
 LABELS = {"start": "start (imports, set-up)", "load": "load (model, data)",
-          "baseline_eval": "baseline evaluation", "train": "training",
+          "wait": "waiting for the GPU", "baseline_eval": "baseline evaluation", "train": "training",
           "intermediate_eval": "intermediate evaluations", "eval": "final evaluation",
           "record": "recording"}
 """How summaries name each phase."""

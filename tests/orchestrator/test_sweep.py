@@ -186,7 +186,7 @@ def test_grid_sweep_survives_a_killed_driver_with_every_cell_exactly_once(
     for (trial,) in studies.values():
         phases = trial.user_attrs["outcome"]["phases"]
         assert phases["load"] > 0 and phases["train"] > 0 and phases["total"] >= phases["compute"] > 0
-    usage = re.search(r"GPU use: (\d+) trial runs held 2 GPUs for [\d,]+ GPU-s, ([\d.]+)% of it training",
+    usage = re.search(r"GPU use: (\d+) trial runs on 1 GPU, held for [\d,]+ GPU-s: ([\d.]+)% of it training",
                       done.stdout)
     assert usage and 1 <= int(usage.group(1)) <= 8 and 0 < float(usage.group(2)) < 100, done.stdout[-2000:]
     assert re.search(r"makespan \d+:\d\d against an ideal of \d+:\d\d \(\d+\.\d\dx", done.stdout)

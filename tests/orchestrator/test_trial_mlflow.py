@@ -137,7 +137,7 @@ def test_phase_timings_are_recorded_in_mlflow_and_result_json(finished_trial, ml
     assert phases["total"] == pytest.approx(sum(phases[n] for n in PHASES if n in phases), abs=0.01)
     assert phases["compute"] == pytest.approx(sum(phases[n] for n in COMPUTE_PHASES if n in phases), abs=0.01)
     # The phases account for the trial's whole wall time, not only the parts that were timed.
-    assert phases["total"] == pytest.approx(wall_s, rel=0.05)
+    assert phases["total"] == pytest.approx(wall_s, rel=0.1)
 
     metrics = MlflowClient(mlflow_server).get_run(tracker.run_id).data.metrics
     for name, seconds in phases.items():
