@@ -11,7 +11,9 @@ layer (the cost of evaluating an unmerged adapter); ``qsweep-fp32`` evaluates wi
 weights left in the float32 that training upcast them to (qsweep before it cast them back).
 
 Both score the same ``mmlu_offline`` questions (5-shot, the same stratified sample), each in a
-fresh process; the script reports questions, seconds, questions/s and accuracy.
+fresh process; the script reports questions, seconds, questions/s and accuracy. With
+``--batch-size auto`` (the default) each path sizes its batches its own way: qsweep's
+``evaluation.batching`` (measured at the longest request), lm-eval's probing for the reference.
 
 CPU, the offline SmolLM2 (stratified 2 questions per subject; ``--limit 0`` is the full set)::
 

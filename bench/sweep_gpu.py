@@ -48,8 +48,8 @@ def measure(args: argparse.Namespace) -> dict:
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
     out = Path(args.out)
-    command = [python(), "-m", "orchestrator.cli", "run", str(Path(args.spec).resolve()), "--root", str(runs),
-               f"seeds=[{args.seeds}]", *args.overrides]
+    command = [python(), "-m", "orchestrator.cli", "run", str(Path(args.spec).resolve()),
+               f"seeds=[{args.seeds}]", *args.overrides, "--root", str(runs)]
     with GpuSampler(out.with_name(f"{out.stem}-nvidia-smi.csv")) as sampler:
         code, wall = run_timed(command, out.with_name(f"{out.stem}.log"), cwd=project, timeout_s=args.timeout,
                                env={"PYTHONPATH": python_path(project), "COLUMNS": "160"})
@@ -71,7 +71,7 @@ def measure(args: argparse.Namespace) -> dict:
                      "opened": run.info.start_time / 1000,
                      "ended": (run.info.end_time / 1000) if run.info.end_time else None})
     ended = [r for r in rows if r["ended"] is not None and r["status"] == "finished"]
-    result: dict = {"label": label, "project": str(project), "exit_code": code,
+    result: dict = {"label": label, "overrides": args.overrides, "project": str(project), "exit_code": code,
                     "command_wall_s": round(wall, 1), "gpus": gpus,
                     "trials_planned": len(args.seeds.split(",")) * 4, "trials_finished": len(ended),
                     "phases_from": sorted(sources), "trials": rows}

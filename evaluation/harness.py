@@ -284,7 +284,8 @@ def evaluate_model(model: Any, tokenizer: Any, cfg: EvalConfig, *, compute_dtype
     attempts = 0
     try:
         with _preserved_rng(), torch.no_grad(), _frozen_weights_in(model, weight_dtype):
-            while True:
+            raw = None
+            while raw is None:
                 attempts += 1
                 random.seed(cfg.seed)
                 np.random.seed(cfg.seed)
@@ -292,12 +293,12 @@ def evaluate_model(model: Any, tokenizer: Any, cfg: EvalConfig, *, compute_dtype
                 try:
                     raw = evaluator.evaluate(lm=lm, task_dict=loaded, samples=samples,
                                              log_samples=cfg.save_samples, bootstrap_iters=1000)
-                    break
                 except torch.OutOfMemoryError:
                     if attempts >= OOM_ATTEMPTS or not sizer.shrink():
                         raise
                     log.warning("evaluation ran out of memory; again with half the batch")
-                    torch.cuda.empty_cache()
+                if raw is None and torch.cuda.is_available():
+                    torch.cuda.empty_cache()  # after the failed attempt's frames are gone
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - started

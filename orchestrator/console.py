@@ -19,7 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from trainers.metrics import StepMetrics, TrainResult
-from trainers.phases import LABELS, PHASES
+from trainers.phases import LABELS, PHASES, SHORT_LABELS
 
 console = Console()
 errors = Console(stderr=True)
@@ -155,24 +155,31 @@ def usage_lines(usage: Any) -> str:
 
 
 def phases_summary(rows: list[dict[str, Any]], title: str = "trial phases (seconds)") -> Table:
-    """One row per trial with the seconds of each phase (``qsweep status --phases``)."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("cell", no_wrap=True)
+    """One row per trial with the seconds of each phase (``qsweep status --phases``): start,
+    load, wait (for the GPU), base (baseline evaluation), train, prune (intermediate
+    evaluations), eval, rec (recording), compute (training + evaluating) and total. The trial
+    number and status columns show only where they differ between rows."""
+    from rich import box
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption="base: baseline evaluation · prune: evaluations for the pruner · "
+                          "rec: recording · compute: training + evaluating", caption_justify="left")
+    with_number = any(row["trial"] for row in rows)
+    with_status = len({row["status"] for row in rows}) > 1
+    names = [name for name in PHASES if any(name in row["phases"] for row in rows)] + ["compute", "total"]
+    table.add_column("cell", overflow="fold", min_width=12)
     table.add_column("seed", justify="right")
-    table.add_column("trial", justify="right")
-    table.add_column("status")
-    names = [name for name in PHASES if any(name in row["phases"] for row in rows)]
+    if with_number:
+        table.add_column("#", justify="right")
+    if with_status:
+        table.add_column("status", overflow="ellipsis", max_width=9)
     for name in names:
-        table.add_column(LABELS[name].split(" (")[0].replace("evaluation", "eval"), justify="right")
-    table.add_column("total", justify="right")
-    table.add_column("busy", justify="right")
+        table.add_column(SHORT_LABELS.get(name, name), justify="right")
     for row in rows:
         phases = row["phases"]
-        total = phases.get("total")
-        busy = f"{phases['compute'] / total:.0%}" if total else "-"
-        table.add_row(row["cell"], str(row["seed"]), str(row["trial"]), row["status"],
-                      *(f"{phases[name]:.1f}" if name in phases else "-" for name in names),
-                      f"{total:.1f}" if total else "-", busy)
+        table.add_row(row["cell"], str(row["seed"]), *([str(row["trial"])] if with_number else []),
+                      *([row["status"]] if with_status else []),
+                      *(f"{phases[name]:.1f}" if name in phases else "-" for name in names))
     return table
 
 

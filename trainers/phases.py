@@ -43,6 +43,9 @@ LABELS = {"start": "start (imports, set-up)", "load": "load (model, data)",
           "intermediate_eval": "intermediate evaluations", "eval": "final evaluation",
           "record": "recording"}
 """How summaries name each phase."""
+SHORT_LABELS = {"start": "start", "load": "load", "wait": "wait", "baseline_eval": "base",
+                "train": "train", "intermediate_eval": "prune", "eval": "eval", "record": "rec"}
+"""Column headings of per-trial phase tables."""
 
 
 def process_started() -> float:

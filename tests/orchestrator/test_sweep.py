@@ -195,8 +195,13 @@ def test_grid_sweep_survives_a_killed_driver_with_every_cell_exactly_once(
     assert 0 < parent.data.metrics["sweep/busy_share"] < 1
     assert parent.data.metrics["sweep/makespan_s"] > parent.data.metrics["sweep/ideal_makespan_s"] > 0
     phases = qsweep("status", "grid", "--phases", root=root)
-    assert phases.returncode == 0 and phases.stdout.count(" finished ") == 8
-    assert "training" in phases.stdout and "load" in phases.stdout
+    rows = [line.split() for line in phases.stdout.splitlines() if line.lstrip().startswith("quant.type=")]
+    assert phases.returncode == 0 and len(rows) == 8  # one row per trial
+    header = next(line.split() for line in phases.stdout.splitlines() if line.split()[:2] == ["cell", "seed"])
+    assert header[-2:] == ["compute", "total"] and {"start", "load", "train"} <= set(header)
+    for row in rows:  # every phase in seconds; total >= compute > 0
+        total, compute = float(row[-1]), float(row[-2])
+        assert total >= compute > 0
 
 
 def test_failures_worker_killed_out_of_memory_and_an_exception(sweep_spec, ray_cluster, mlflow_server,
