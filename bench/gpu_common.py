@@ -128,8 +128,9 @@ def phases_from_timestamps(client: Any, run: Any) -> dict[str, float]:
 
 def phases_of_run(client: Any, run: Any) -> tuple[dict[str, float], str]:
     """(phases, source): qsweep's ``time/*`` metrics when the run has them, else timestamps."""
-    recorded = {name[len("time/"):-len("_s")]: value for name, value in run.data.metrics.items()
-                if name.startswith("time/") and name.endswith("_s") and name != "time/pruning_eval_s"}
+    from trainers.phases import from_metrics
+
+    recorded = from_metrics(run.data.metrics)
     if recorded:
         return recorded, "time/* metrics"
     return phases_from_timestamps(client, run), "metric timestamps"

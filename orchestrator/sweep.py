@@ -37,6 +37,7 @@ from orchestrator.sweep_dir import SweepDir, SweepState
 from orchestrator.tracking import MlflowTracker, find_runs, redact
 from orchestrator.usage import Usage, UsageSummary
 from orchestrator.worker import TrialOutcome, TrialRequest
+from trainers.phases import from_metrics as phases_from_metrics
 
 log = logging.getLogger("qsweep")
 
@@ -231,10 +232,9 @@ class SweepDriver:
         if status == "finished" and any(v is None for v in values):
             return False
         state = OPTUNA_STATE[status]
-        phases = {name[len("time/"):-len("_s")]: value for name, value in run.data.metrics.items()
-                  if name.startswith("time/") and name.endswith("_s") and name != "time/pruning_eval_s"}
         self.store.set_attrs(planned, record.number, {"outcome": {
-            "status": status, "reason": run.data.tags.get("qsweep.reason", ""), "phases": phases}})
+            "status": status, "reason": run.data.tags.get("qsweep.reason", ""),
+            "phases": phases_from_metrics(run.data.metrics)}})
         self.store.tell(planned, record.number, state, values if status == "finished" else None)
         self._count(state, status)
         if status == "finished":

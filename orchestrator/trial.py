@@ -91,6 +91,8 @@ class TrialResult:
     """Evaluation of the untuned base, when ``eval.baseline`` is on."""
     phases: dict[str, float] = field(default_factory=dict)
     """Seconds per phase (``trainers.phases``): start, load, baseline_eval, train, ..., total."""
+    intermediate_evals: list[tuple[int, float]] = field(default_factory=list)
+    """(step, seconds) of each evaluation for the pruner."""
 
     def to_dict(self) -> dict[str, Any]:
         """What ``result.json`` holds: status, run, phases, the training summary and metrics."""
@@ -98,7 +100,9 @@ class TrialResult:
         if self.train is not None:
             train = {k: v for k, v in asdict(self.train).items() if k != "history"}
         return {"status": self.status, "reason": self.reason, "run_id": self.run_id,
-                "workdir": str(self.workdir), "phases": self.phases, "train": train,
+                "workdir": str(self.workdir), "phases": self.phases,
+                "intermediate_evals": [{"step": step, "seconds": round(seconds, 3)}
+                                       for step, seconds in self.intermediate_evals], "train": train,
                 "metrics": self.metrics, "baseline_metrics": self.baseline_metrics}
 
 
@@ -193,7 +197,7 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
             with phases.phase("record"):
                 _release_accelerator_memory()
         with phases.phase("record"):
-            result = _record(cfg, computed, tracker, workdir)
+            result = _record(computed, tracker, workdir)
         return result
     except BaseException as err:
         reason = f"{type(err).__name__}: {err}"[:500]
@@ -305,7 +309,7 @@ def _release_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _record(cfg: TrialConfig, computed: _Computed, tracker: Tracker, workdir: Path) -> TrialResult:
+def _record(computed: _Computed, tracker: Tracker, workdir: Path) -> TrialResult:
     """The trial's outcome into MLflow: artifacts, final metrics and its status."""
     trained = computed.trained
     if computed.status != "finished":
@@ -330,6 +334,7 @@ def _record(cfg: TrialConfig, computed: _Computed, tracker: Tracker, workdir: Pa
 def _record_phases(result: TrialResult, phases: PhaseClock, tracker: Tracker) -> None:
     """The trial's phase times into MLflow, ``result.json`` and the result (never raises)."""
     result.phases = phases.to_dict()
+    result.intermediate_evals = list(phases.intermediate)
     step = result.train.steps if result.train is not None else 0
     try:
         summary = json.dumps(result.to_dict(), indent=1, default=str)

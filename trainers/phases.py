@@ -118,3 +118,10 @@ class PhaseClock:
     def metrics(self) -> dict[str, float]:
         """The phases as MLflow metrics: ``time/<phase>_s``."""
         return {f"time/{name}_s": value for name, value in self.to_dict().items()}
+
+
+def from_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """A trial's phases read back from its MLflow metrics (``time/<phase>_s``, as recorded by
+    :meth:`PhaseClock.metrics`; the per-evaluation ``time/pruning_eval_s`` left out)."""
+    return {name[len("time/"):-len("_s")]: value for name, value in metrics.items()
+            if name.startswith("time/") and name.endswith("_s") and name != "time/pruning_eval_s"}

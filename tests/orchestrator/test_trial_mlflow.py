@@ -160,6 +160,10 @@ def test_each_intermediate_evaluation_is_timed(mlflow_server, tiny_config, tmp_p
     history = MlflowClient(mlflow_server).get_metric_history(tracker.run_id, "time/pruning_eval_s")
     assert sorted(m.step for m in history) == [2, 4] and all(m.value > 0 for m in history)
     assert result.phases["intermediate_eval"] == pytest.approx(sum(m.value for m in history), abs=0.01)
+    on_disk = json.loads((tmp_path / "trial" / "result.json").read_text())
+    assert [e["step"] for e in on_disk["intermediate_evals"]] == [2, 4]
+    assert [e["seconds"] for e in on_disk["intermediate_evals"]] == \
+        pytest.approx([m.value for m in sorted(history, key=lambda m: m.step)], abs=1e-3)
 
 
 def test_credentials_are_never_recorded(finished_trial, mlflow_server, tmp_path: Path) -> None:
