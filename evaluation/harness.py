@@ -276,6 +276,7 @@ def evaluate_model(model: Any, tokenizer: Any, cfg: EvalConfig, *, compute_dtype
                                  {n: cfg.limit_for(n) for n in leaves}, cfg.seed)
     device = next(model.parameters()).device
     sizer = sizer or BatchSizer.for_device(cfg.batch_size, device)
+    sizer.chosen.clear()  # this evaluation's batches, not an earlier one's
     mixed = compute_dtype if compute_dtype != torch.float32 else None
     lm = _sized_lm_class()(pretrained=model, tokenizer=tokenizer, sizer=sizer, mixed_precision_dtype=mixed)
     was_training = model.training
