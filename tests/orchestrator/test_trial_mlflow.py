@@ -132,8 +132,8 @@ def test_phase_timings_are_recorded_in_mlflow_and_result_json(finished_trial, ml
     assert all(phases[name] > 0 for name in ("load", "baseline_eval", "train", "eval", "record"))
     assert {"load/targets", "load/tokenizer", "load/data", "load/weights", "load/kbit_prep",
             "load/lora"} <= set(phases)
-    assert sum(phases[f"load/{part}"] for part in ("targets", "tokenizer", "data", "weights", "lora")) \
-        <= phases["load"]
+    parts = sum(phases[f"load/{part}"] for part in ("targets", "tokenizer", "data", "weights", "lora"))
+    assert parts <= phases["load"] + 0.005  # parts of the load phase (each rounded to the millisecond)
     assert phases["total"] == pytest.approx(sum(phases[n] for n in PHASES if n in phases), abs=0.01)
     assert phases["compute"] == pytest.approx(sum(phases[n] for n in COMPUTE_PHASES if n in phases), abs=0.01)
     # The phases account for the trial's whole wall time, not only the parts that were timed.
