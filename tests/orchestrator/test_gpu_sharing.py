@@ -86,6 +86,8 @@ def test_a_trial_prepares_while_the_gpu_is_leased_and_computes_after(tiny_config
     (result,) = results
     assert result.status == "finished" and result.train.steps == 3
     phases = result.phases
-    assert phases["wait"] >= held and phases["train"] > 0
+    # It waited about as long as the lease was held elsewhere (it began waiting just after the
+    # file we watched for was written, and recording it takes a moment).
+    assert phases["wait"] >= held - 0.5 and phases["train"] > 0
     assert phases["load/data"] + phases["load/tokenizer"] > 0 and phases["load/weights"] > 0
     assert not lease.is_locked  # given back once the trial was done with the GPU
