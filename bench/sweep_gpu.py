@@ -1,8 +1,8 @@
 """A GPU sweep end to end through ``qsweep run``: makespan against its ideal, GPU busy share.
 
 Runs ``qsweep run bench/sweep-8b.yaml`` (4 data types x 2 seeds of the Llama-3-8B-shaped
-trial in ``bench/trial-8b.yaml``, one trial per GPU) on a local Ray cluster of every GPU of the
-machine, while ``nvidia-smi`` samples each GPU every second; then reads every trial's phases
+trial in ``bench/trial-8b.yaml``; two trials take turns on each GPU) on a local Ray cluster of
+every GPU of the machine, while ``nvidia-smi`` samples each GPU every second; then reads every trial's phases
 from its MLflow run and reports:
 
 * **makespan** — from the first trial's run opening to the last one's end (MLflow), and the
@@ -11,7 +11,8 @@ from its MLflow run and reports:
   GPUs: the makespan with no start-up, loading, recording or idle GPU at all;
 * **busy share** — compute GPU-seconds over GPUs x makespan, and ``nvidia-smi``'s mean
   utilisation over the same window;
-* **per-phase medians** over the trials.
+* **per-phase medians** over the trials, and how many trials loaded their model ahead of
+  their turn (``resources.load_ahead``; from their ``trial.log``).
 
 ``--before DIR`` runs the sweep with another checkout (a ``git worktree`` of an older commit);
 phases of a qsweep that did not record them come from its metrics' timestamps. On a GPU
@@ -71,10 +72,13 @@ def measure(args: argparse.Namespace) -> dict:
                      "opened": run.info.start_time / 1000,
                      "ended": (run.info.end_time / 1000) if run.info.end_time else None})
     ended = [r for r in rows if r["ended"] is not None and r["status"] == "finished"]
+    logs = [path.read_text(errors="replace") for path in runs.rglob("trial.log")]
     result: dict = {"label": label, "overrides": args.overrides, "project": str(project), "exit_code": code,
                     "command_wall_s": round(wall, 1), "gpus": gpus,
                     "trials_planned": len(args.seeds.split(",")) * 4, "trials_finished": len(ended),
-                    "phases_from": sorted(sources), "trials": rows}
+                    "phases_from": sorted(sources), "trials": rows,
+                    "loaded_ahead": sum("qsweep: loading the model ahead" in text for text in logs),
+                    "not_loaded_ahead": sum("qsweep: not loading the model ahead" in text for text in logs)}
     if ended:
         first, last = min(r["opened"] for r in rows), max(r["ended"] for r in ended)
         makespan = last - first

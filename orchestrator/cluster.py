@@ -101,6 +101,8 @@ class TrialResources:
     cpus: float
     overlap: bool = False
     """Two trials share each GPU and take turns computing on it (``resources.overlap``)."""
+    load_ahead: bool = False
+    """The one waiting loads its model while the other trains (``resources.load_ahead``)."""
 
     @property
     def compute_gpus(self) -> float:

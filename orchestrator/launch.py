@@ -54,7 +54,9 @@ class PreparedSweep:
             limit = max(1, min(2 * wanted, int(fits[0])))
         else:
             limit = wanted
-        turns = ", 2 trials taking turns on each GPU" if resources.overlap else ""
+        turns = ""
+        if resources.overlap:
+            turns = ", 2 trials taking turns on each GPU" + (", loading ahead" * resources.load_ahead)
         self.placement = (f"{capacity.gpus:g} GPUs, {capacity.cpus:g} CPUs ({resources.gpus:g} GPU and "
                           f"{resources.cpus:g} CPUs per trial{turns})" if resources.gpus else
                           f"{capacity.cpus:g} CPUs ({resources.cpus:g} per trial; no GPU in the cluster: "
@@ -95,7 +97,8 @@ def trial_resources(requested: Any, capacity: Any) -> Any:
     cpus = requested.cpus
     if cpus == "auto":
         cpus = max(1.0, math.floor(capacity.cpus_per_gpu * gpus)) if gpus > 0 else 1.0
-    return TrialResources(gpus=gpus, cpus=float(cpus), overlap=overlap)
+    return TrialResources(gpus=gpus, cpus=float(cpus), overlap=overlap,
+                          load_ahead=overlap and requested.load_ahead)
 
 
 def resolve_storage(plan: Plan, directory: SweepDir, root: Path) -> tuple[str, str, str]:

@@ -260,9 +260,14 @@ class Resources(ConfigSection):
 
     overlap: bool = True
     """Trials of one GPU take turns on it: while one trains and evaluates, the next one starts on
-    the same GPU — imports, checks and tokenizes its data — and loads its weights as soon as the
-    first has finished with the GPU (a lease per GPU; only one trial's model is ever in its
-    memory). Hides each trial's start-up; has no effect on trials of other than one GPU."""
+    the same GPU — imports, checks and tokenizes its data — and computes once the first has
+    finished with the GPU (one trial trains or evaluates at a time). Hides each trial's
+    start-up; has no effect on trials of other than one GPU."""
+    load_ahead: bool = True
+    """With ``overlap``: the trial waiting for its turn loads its model while the other one
+    trains, if the GPU's free memory holds it beside the other's estimated training peak
+    (``trainers.cost_model``) with a margin; otherwise it loads in its turn. Off: only one
+    trial's model is ever in a GPU's memory."""
 
     @field_validator("cpus")
     @classmethod

@@ -313,7 +313,8 @@ class SweepDriver:
         request = TrialRequest(key=key, config=config.to_dict(), run_id=run.run_id, tracking_uri=self.uri,
                                workdir=str(workdir), objective=self.spec.objectives[0].metric,
                                report_every=pruner.report_every if pruner else None,
-                               submitted_at=time.time(), gpu_lease=self.resources.overlap)
+                               submitted_at=time.time(), gpu_lease=self.resources.overlap,
+                               load_ahead=self.resources.load_ahead)
         if record.attrs.get("run_id") != run.run_id:
             self.store.set_attrs(planned, record.number, {"run_id": run.run_id})
         ref = self.cluster.submit(self.trial_fn, request, gpus=self.resources.gpus, cpus=self.resources.cpus,

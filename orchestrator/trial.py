@@ -23,7 +23,6 @@ histories stay complete, without duplicates.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import traceback
@@ -35,6 +34,7 @@ from typing import Any, Protocol
 import yaml
 
 from orchestrator.config import TrialConfig
+from orchestrator.gpu_turns import GpuTurns, NoTurns, memory_needs
 from trainers.metrics import StepMetrics, TrainResult
 from trainers.phases import PhaseClock
 
@@ -149,7 +149,7 @@ class _Computed:
 def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
               on_step: Callable[[StepMetrics], None] | None = None,
               pruning: Pruning | None = None, phases: PhaseClock | None = None,
-              gpu_lease: contextlib.AbstractContextManager | None = None) -> TrialResult:
+              gpu_turns: GpuTurns | None = None) -> TrialResult:
     """Train, evaluate and record one trial. See the module docstring for what is recorded.
 
     A non-finite loss ends the trial with status ``nan`` (no evaluation); a pruner's stop
@@ -161,10 +161,11 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
     set-up; by default the trial starts now. Its time goes to MLflow (``time/<phase>_s``),
     ``result.json`` and :attr:`TrialResult.phases`, also when the trial fails.
 
-    ``gpu_lease`` is held while the trial uses its accelerator — from loading the weights to
-    the end of the final evaluation, after which the model's memory is released: everything
-    before (imports, checks, tokenizer, data) and after (artifacts) can overlap another trial's
-    work on the same GPU. Waiting for it is the ``wait`` phase.
+    ``gpu_turns`` (``orchestrator.gpu_turns``) orders this trial with another one on the same
+    GPU: it computes — evaluates and trains — only in its turn, which ends after the final
+    evaluation once the model's memory is released; its weights load in its turn, or before it
+    while the other trial trains when there is room. Everything else (imports, checks,
+    tokenizer, data, artifacts) overlaps the other trial's work. Waiting is the ``wait`` phase.
     """
     phases = phases or PhaseClock()
     from orchestrator.fingerprint import environment_fingerprint
@@ -189,11 +190,10 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
             fingerprint = workdir / "environment.json"
             fingerprint.write_text(json.dumps(environment_fingerprint(data.data_sha256), indent=1))
             tracker.log_artifact(fingerprint)
-        with contextlib.ExitStack() as leased:
-            if gpu_lease is not None:
-                with phases.phase("wait"):
-                    leased.enter_context(gpu_lease)
-            computed = _compute(cfg, data, tracker, workdir, phases, on_step, pruning)
+        with gpu_turns or NoTurns() as turns:
+            with phases.phase("wait"):
+                turns.wait_to_load(memory_needs(cfg, data.source))
+            computed = _compute(cfg, data, tracker, workdir, phases, on_step, pruning, turns)
             with phases.phase("record"):
                 _release_accelerator_memory()
         with phases.phase("record"):
@@ -216,8 +216,10 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
 
 
 def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phases: PhaseClock,
-             on_step: Callable[[StepMetrics], None] | None, pruning: Pruning | None) -> _Computed:
-    """Load the model onto the accelerator, evaluate the base, train, evaluate the result."""
+             on_step: Callable[[StepMetrics], None] | None, pruning: Pruning | None,
+             turns: GpuTurns | NoTurns) -> _Computed:
+    """Load the model onto the accelerator, evaluate the base, train, evaluate the result
+    (evaluating and training in the GPU's turn)."""
     with phases.phase("load"):
         from evaluation.batching import BatchSizer
         from evaluation.config import EvalConfig
@@ -235,14 +237,17 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
             "model/trainable_params": float(qlora.trainable_params),
         }, step=0)
         logged = tracker.last_logged_step("train/loss")
+    with phases.phase("wait"):
+        turns.take_turn()
     # One sizer for every evaluation of this model: its memory is measured once.
     sizer = BatchSizer.for_device(cfg.eval.batch_size, resolve_device(cfg.train.device))
 
     def evaluate(evaluation: EvalConfig = cfg.eval) -> EvalOutcome:
-        return evaluate_model(qlora.model, qlora.tokenizer, evaluation,
-                              compute_dtype=DTYPES[cfg.quant.compute_dtype],
-                              weight_dtype=DTYPES[cfg.model.dtype],
-                              exclude_subjects=excluded_subjects(cfg), sizer=sizer)
+        with turns.allocating():  # its batches take the memory that is free
+            return evaluate_model(qlora.model, qlora.tokenizer, evaluation,
+                                  compute_dtype=DTYPES[cfg.quant.compute_dtype],
+                                  weight_dtype=DTYPES[cfg.model.dtype],
+                                  exclude_subjects=excluded_subjects(cfg), sizer=sizer)
 
     baseline: dict[str, float] = {}
     if cfg.eval.tasks and cfg.eval.baseline:
@@ -258,6 +263,7 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
     window: list[float] = []
 
     def record_step(metrics: StepMetrics) -> None:
+        turns.training()  # memory steady from the first step on: the other trial may load
         if metrics.step > logged:
             tracker.log_metrics(_train_metrics(metrics), step=metrics.step)
         if on_step is not None:

@@ -48,7 +48,10 @@ class TrialRequest:
     """``time.time()`` when the driver submitted the trial: its ``start`` phase begins there
     (or at the worker process's start, if later)."""
     gpu_lease: bool = False
-    """Trials take turns on this GPU: hold its lease while using it (``resources.overlap``)."""
+    """Trials take turns on this GPU (``resources.overlap``, ``orchestrator.gpu_turns``)."""
+    load_ahead: bool = False
+    """While waiting for its turn, load the model beside the trial that trains, when memory
+    allows (``resources.load_ahead``)."""
 
 
 @dataclass(frozen=True)
@@ -80,20 +83,14 @@ def _log_to(workdir: Path) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def gpu_lease(cfg: Any) -> Any:
-    """The lease of the GPU this worker was given, when the trial runs on it: a lock file per
-    GPU of the node, so that trials sharing it take turns (None when it runs on the CPU)."""
-    import tempfile
-
-    from filelock import FileLock
-
+def gpu_turns(cfg: Any, load_ahead: bool) -> Any:
+    """The turns on the GPU this worker was given, when the trial runs on it (None on a CPU)."""
+    from orchestrator.gpu_turns import GpuTurns
     from trainers.model import resolve_device
 
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if not visible or resolve_device(cfg.train.device).type != "cuda":
+    if resolve_device(cfg.train.device).type != "cuda":
         return None
-    name = "".join(c if c.isalnum() else "-" for c in visible)
-    return FileLock(str(Path(tempfile.gettempdir()) / f"qsweep-gpu-{name}.lock"))
+    return GpuTurns.for_visible_gpu(load_ahead=load_ahead)
 
 
 def summary_metrics(result: Any) -> dict[str, float]:
@@ -143,7 +140,7 @@ def execute(request: TrialRequest, report: Report | None = None) -> TrialOutcome
         pruning = (Pruning(request.report_every, request.objective, report)
                    if report is not None and request.report_every else None)
         result = run_trial(cfg, tracker, workdir, pruning=pruning, phases=phases,
-                           gpu_lease=gpu_lease(cfg) if request.gpu_lease else None)
+                           gpu_turns=gpu_turns(cfg, request.load_ahead) if request.gpu_lease else None)
     except torch.OutOfMemoryError as err:
         return outcome("oom", f"out of memory: {str(err).splitlines()[0][:300]}")
     except Exception as err:  # noqa: BLE001 - the sweep goes on; run_trial recorded the traceback
