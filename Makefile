@@ -2,6 +2,7 @@
 #
 #   make demo    setup + the offline demo sweep (sweeps/demo.yaml): prints the paper-style tables
 #   make test    setup + ruff + the whole pytest suite (what CI runs)
+#   make test-quick  setup + ruff + the suite without the end-to-end modules marked slow
 #   make setup   create .venv: torch (CPU wheel by default) first, then qsweep with test extras
 #
 # GPU machines: make setup TORCH_SPEC=torch  (takes your platform's CUDA build)
@@ -12,7 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qsweep-installed
 
-.PHONY: setup test lint demo browser
+.PHONY: setup test test-quick lint demo browser
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -36,6 +37,9 @@ lint: setup
 
 test: setup lint browser
 	$(BIN)/python -m pytest
+
+test-quick: setup lint
+	$(BIN)/python -m pytest -m "not slow"
 
 demo: setup
 	$(BIN)/qsweep run demo

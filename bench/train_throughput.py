@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workers import environment, report, run_worker  # noqa: E402
 
 CONFIGS: dict[str, dict] = {
-    # name: quantization, gradient checkpointing, micro-batch, optimizer (GUIDE.md's rows)
+    # name: quantization, gradient checkpointing, micro-batch, optimizer (bench/README.md's rows)
     "qlora-defaults": dict(bits=4, type="nf4", dq=True, ckpt=True, mb=1, optim="paged_adamw_32bit"),
     "nf4dq-ckpt-mb4": dict(bits=4, type="nf4", dq=True, ckpt=True, mb=4, optim="paged_adamw_32bit"),
     "nf4dq-mb4": dict(bits=4, type="nf4", dq=True, ckpt=False, mb=4, optim="adamw"),

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from evaluation.mmlu_categories import SUBJECT_CATEGORIES
 from trainers.config import ConfigProblems, ConfigSection
 
 OFFLINE_TASKS = ("mmlu_offline", "perplexity_offline")
 """Tasks shipped with qsweep (evaluation/tasks/), evaluated without the hub."""
 
-PAPER_TASKS = ("mmlu", "hellaswag", "winogrande", "piqa", "arc_easy", "arc_challenge")
-"""The QLoRA paper's MMLU and zero-shot suite, by their lm-eval names (need the hub)."""
-
 MMLU_FAMILY = ("mmlu", "mmlu_offline")
 """Tasks whose subjects are grouped into STEM / humanities / social sciences / other."""
+
+_SUBJECT_TASK = re.compile(r"^(?P<family>" + "|".join(sorted(MMLU_FAMILY, key=len, reverse=True))
+                           + r")_(?P<subject>[a-z_]+)$")
+
+
+def subject_task(name: str) -> tuple[str, str] | None:
+    """``("mmlu_offline", "anatomy")`` for ``mmlu_offline_anatomy``; None for other tasks."""
+    match = _SUBJECT_TASK.match(name)
+    if match and match["subject"] in SUBJECT_CATEGORIES:
+        return match["family"], match["subject"]
+    return None
 
 OFFLINE_DEV_PER_SUBJECT = 5
 """Questions per subject that mmlu_offline reserves as few-shot examples (as MMLU's dev split)."""
@@ -92,8 +102,6 @@ class EvalConfig(ConfigSection):
 
     def limit_for(self, task: str) -> int | None:
         """The limit of a leaf task: its own, its MMLU family's, else ``limit``."""
-        from evaluation.results import subject_task
-
         subject = subject_task(task)
         family = subject[0] if subject else task
         return self.task_limits.get(task, self.task_limits.get(family, self.limit))

@@ -30,20 +30,13 @@ from evaluation.batching import BatchSizer
 from evaluation.config import MMLU_FAMILY, EvalConfig
 from evaluation.mmlu_categories import SUBJECT_CATEGORIES, subject_key
 from evaluation.results import subject_task, summarize
+from evaluation.task_files import TASKS_DIR
+from trainers.errors import SetupError
 
 log = logging.getLogger("qsweep")
 
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 OOM_ATTEMPTS = 3
 """Runs of one evaluation before running out of memory is an error (each with half the batch)."""
-
-
-class EvalSetupError(Exception):
-    """The evaluation config names something lm-eval cannot run; ``key`` is the config key."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}")
 
 
 @dataclass
@@ -102,7 +95,7 @@ def task_manager(tasks: list[str] | None = None) -> Any:
 
 
 def check_tasks(cfg: EvalConfig, manager: Any | None = None) -> None:
-    """Raise :class:`EvalSetupError` for task names lm-eval does not know (cheap: no data)."""
+    """Raise :class:`SetupError` for task names lm-eval does not know (cheap: no data)."""
     import difflib
 
     manager = manager or task_manager(cfg.tasks)
@@ -111,7 +104,7 @@ def check_tasks(cfg: EvalConfig, manager: Any | None = None) -> None:
         if task not in known:
             close = difflib.get_close_matches(task, sorted(known), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise EvalSetupError("eval.tasks", f"lm-eval has no task or group {task!r}{hint}")
+            raise SetupError("eval.tasks", f"lm-eval has no task or group {task!r}{hint}")
 
 
 def expand_tasks(tasks: list[str], exclude_subjects: set[str]) -> list[str]:

@@ -25,15 +25,12 @@ single question).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from evaluation.config import MMLU_FAMILY
+from evaluation.config import subject_task
 from evaluation.mmlu_categories import CATEGORIES, SUBJECT_CATEGORIES
 
-_SUBJECT_TASK = re.compile(r"^(?P<family>" + "|".join(sorted(MMLU_FAMILY, key=len, reverse=True))
-                           + r")_(?P<subject>[a-z_]+)$")
 _PERPLEXITY = "word_perplexity"
 
 
@@ -50,14 +47,6 @@ class SubjectScore:
         if self.n < 2:
             return None
         return self.accuracy * (1 - self.accuracy) / (self.n - 1)
-
-
-def subject_task(name: str) -> tuple[str, str] | None:
-    """``("mmlu_offline", "anatomy")`` for ``mmlu_offline_anatomy``; None for other tasks."""
-    match = _SUBJECT_TASK.match(name)
-    if match and match["subject"] in SUBJECT_CATEGORIES:
-        return match["family"], match["subject"]
-    return None
 
 
 def _aggregate(prefix: str, scores: list[SubjectScore]) -> dict[str, float]:

@@ -1,8 +1,8 @@
-"""The ``qsweep`` command line.
+r"""The ``qsweep`` command line.
 
-Exit codes: 0 success; 1 a runtime failure (unreachable hub, bad data, failed download);
-2 invalid configuration (reported before anything loads); 3 a trial that ended with a
-non-finite loss; 130 interrupted.
+Errors the user can act on are :class:`trainers.errors.QsweepError`\ s: their message is
+printed and their exit code returned (1 a runtime failure, 2 an invalid configuration; see
+``trainers.errors``); 0 success; 3 a trial that ended with a non-finite loss; 130 interrupted.
 
 Commands: ``train`` (one trial's training), ``trial`` (train + evaluate + record in MLflow),
 ``plan`` / ``run`` / ``resume`` / ``status`` (sweeps on Ray), ``ui`` (the MLflow UI of the
@@ -17,7 +17,7 @@ import os
 import sys
 import warnings
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_NAN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from trainers.errors import EXIT_INTERRUPTED
 
 
 def _quiet_libraries() -> None:
@@ -28,6 +28,7 @@ def _quiet_libraries() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # e.g. a warning per truncated prompt
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
+    logging.getLogger("optuna").setLevel(logging.WARNING)  # a line per study created and trial told
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
     from transformers.utils import logging as transformers_logging
@@ -56,26 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.console import configure_logging, print_error
 
     configure_logging(verbose=args.verbose)
-    from evaluation.harness import EvalSetupError
-    from orchestrator.reporting import ReportError
-    from orchestrator.search import StorageUnavailable
-    from orchestrator.tracking import TrackingUnavailable
-    from trainers.assets import AssetError
-    from trainers.config_loading import ConfigError
-    from trainers.data_recipes import DataError
-    from trainers.hub import HubUnavailable
-    from trainers.loop import ResumeMismatch
-    from trainers.model import ModelSetupError
+    from trainers.errors import QsweepError
 
     try:
         return args.handler(args)
-    except (ConfigError, ModelSetupError, ResumeMismatch, EvalSetupError) as err:
+    except QsweepError as err:
         print_error(str(err))
-        return EXIT_CONFIG
-    except (DataError, HubUnavailable, AssetError, TrackingUnavailable, StorageUnavailable,
-            ReportError) as err:
-        print_error(str(err))
-        return EXIT_FAILED
+        return err.exit_code
     except KeyboardInterrupt:
         print_error("interrupted")
         return EXIT_INTERRUPTED

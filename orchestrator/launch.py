@@ -16,7 +16,8 @@ from typing import Any
 
 from orchestrator.planning import Plan
 from orchestrator.sweep_dir import SweepDir, SweepState
-from trainers.config_loading import ConfigError
+from trainers.errors import ConfigError
+from trainers.status import TrialStatus
 
 OFFLINE_TASKS_HINT = "Offline alternatives: eval.tasks=[mmlu_offline,perplexity_offline]."
 
@@ -151,8 +152,7 @@ def status_rows(plan: Plan, store: Any) -> list[dict[str, Any]]:
         records = [r for r in (store.trials(planned) if planned.name in existing else [])
                    if r.state != "WAITING"]  # queued parameters not asked yet: still pending
         for record in records:
-            status = record.outcome.get("status") or {"RUNNING": "running", "COMPLETE": "finished",
-                                                      "PRUNED": "pruned"}.get(record.state, "failed")
+            status = record.outcome.get("status") or TrialStatus.of_optuna_state(record.state)
             rows.append({"cell": planned.cell.describe(varying), "seed": planned.seed, "trial": record.number,
                          "status": status, "values": record.values, "params": record.params,
                          "seconds": record.outcome.get("seconds", record.duration_s),

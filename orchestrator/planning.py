@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config import TrialConfig
 from orchestrator.spec import TRAIN_METRICS, SweepSpec
-from trainers.config_loading import ConfigError, apply_overrides, parse_overrides, read_yaml, validate
+from trainers.config_loading import apply_overrides, parse_overrides, read_yaml, validate
+from trainers.errors import ConfigError
+from trainers.hashing import json_sha256
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PRESETS_DIR = PROJECT_ROOT / "configs" / "trial"
@@ -104,7 +105,7 @@ class Plan:
         search = self.spec.search.model_dump(mode="json") if self.spec.search else None
         content = {"cells": [c.hash for c in self.cells], "seeds": self.spec.seeds, "search": search,
                    "objectives": [o.model_dump() for o in self.spec.objectives]}
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+        return json_sha256(content, compact=False)
 
 
 def resolve_spec_path(name: str | Path) -> Path:
@@ -301,5 +302,4 @@ def _cell_hash(cfg: TrialConfig, searched: dict[str, Any]) -> str:
     for key in searched:
         section, leaf = key.split(".")
         identity.get(section, {}).pop(leaf, None)
-    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return json_sha256(identity)

@@ -18,10 +18,7 @@ from typing import Any
 from evaluation.statistics import Comparison, paired_t_test
 from evaluation.tables import Table, TrialRecord, build_table, to_csv, to_latex, to_markdown
 from orchestrator.report_layouts import PRESETS, Layout
-
-
-class ReportError(Exception):
-    """The sweep or the layout cannot make a report; the message says why."""
+from trainers.errors import ReportError
 
 
 @dataclass

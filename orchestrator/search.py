@@ -21,9 +21,9 @@ from optuna.trial import TrialState
 
 from orchestrator.planning import StudyPlan
 from orchestrator.spec import Categorical, FloatRange, IntRange, SweepSpec
+from trainers.errors import StorageUnavailable
 
 log = logging.getLogger("qsweep")
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 DONE_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -237,7 +237,3 @@ def check_storage(url: str) -> None:
         detail = scrub(str(err).splitlines()[0][:200], url)
         raise StorageUnavailable(f"cannot use the Optuna storage {redact(url)}: "
                                  f"{type(err).__name__}: {detail}") from None
-
-
-class StorageUnavailable(Exception):
-    """The Optuna storage cannot be reached."""

@@ -37,7 +37,6 @@ from orchestrator.report_layouts import PRESETS
 from trainers.config import ConfigProblems, ConfigSection
 from trainers.config_loading import describe
 
-SAMPLERS = ("tpe", "random", "cmaes", "grid", "nsga2")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DOTTED = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
 

@@ -38,12 +38,9 @@ from orchestrator.tracking import MlflowTracker, find_runs, redact
 from orchestrator.usage import Usage, UsageSummary
 from orchestrator.worker import TrialOutcome, TrialRequest
 from trainers.phases import from_metrics as phases_from_metrics
+from trainers.status import TrialStatus
 
 log = logging.getLogger("qsweep")
-
-MLFLOW_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "nan": "FAILED", "failed": "FAILED",
-                 "crashed": "FAILED", "oom": "FAILED"}
-OPTUNA_STATE = {"finished": "COMPLETE", "pruned": "PRUNED"}  # anything else: FAIL
 
 
 @dataclass
@@ -215,7 +212,7 @@ class SweepDriver:
         self.observe(self.tally)
 
     def _count(self, state: str, status: str | None) -> None:
-        name = status or {"COMPLETE": "finished", "PRUNED": "pruned"}.get(state, "failed")
+        name = status or TrialStatus.of_optuna_state(state)
         self.tally.done[name] = self.tally.done.get(name, 0) + 1
 
     def _settle_from_run(self, planned: StudyPlan, record: TrialRecord) -> bool:
@@ -226,18 +223,19 @@ class SweepDriver:
             return False
         run = MlflowTracker.attach(self.uri, run_id).client.get_run(run_id)
         status = run.data.tags.get("qsweep.status")
-        if status not in ("finished", "pruned"):
+        if status not in (TrialStatus.FINISHED, TrialStatus.PRUNED):
             return False
+        status = TrialStatus(status)
         values = [run.data.metrics.get(o.metric) for o in self.spec.objectives]
-        if status == "finished" and any(v is None for v in values):
+        if status == TrialStatus.FINISHED and any(v is None for v in values):
             return False
-        state = OPTUNA_STATE[status]
+        state = status.optuna_state
         self.store.set_attrs(planned, record.number, {"outcome": {
             "status": status, "reason": run.data.tags.get("qsweep.reason", ""),
             "phases": phases_from_metrics(run.data.metrics)}})
-        self.store.tell(planned, record.number, state, values if status == "finished" else None)
+        self.store.tell(planned, record.number, state, values if status == TrialStatus.FINISHED else None)
         self._count(state, status)
-        if status == "finished":
+        if status == TrialStatus.FINISHED:
             self._update_best(key, values[0])
         return True
 
@@ -267,8 +265,8 @@ class SweepDriver:
         if self.usage.trials:
             self.tally.usage = self.usage.summary(time.monotonic() - began)
             self.parent.log_metrics(self.tally.usage.metrics(), step=0)
-        self.parent.set_tags({"qsweep.status": "finished"})
-        self.parent.finish("FINISHED")
+        self.parent.set_tags({"qsweep.status": TrialStatus.FINISHED})
+        self.parent.finish(TrialStatus.FINISHED.mlflow_status)
         return self.tally
 
     def _fill(self) -> None:
@@ -328,7 +326,7 @@ class SweepDriver:
         if run_id:
             run = MlflowTracker.attach(self.uri, run_id)
             run.reopen()
-            run.set_tags({"qsweep.status": "running"})
+            run.set_tags({"qsweep.status": TrialStatus.RUNNING})
             return run
         assert self.parent is not None
         tags = {"qsweep.role": "trial", "qsweep.sweep": self.spec.name,
@@ -386,14 +384,14 @@ class SweepDriver:
         return True
 
     def _end(self, entry: Running, outcome: TrialOutcome) -> None:
-        status, reason = outcome.status, outcome.reason
+        status, reason = TrialStatus(outcome.status), outcome.reason
         values = None
-        if status == "finished":
+        if status == TrialStatus.FINISHED:
             values = [outcome.metrics.get(o.metric) for o in self.spec.objectives]
             missing = [o.metric for o, v in zip(self.spec.objectives, values, strict=True) if v is None]
             if missing:
-                status, reason = "failed", f"the trial reported no {', '.join(missing)}"
-        state = OPTUNA_STATE.get(status, "FAIL")
+                status, reason = TrialStatus.FAILED, f"the trial reported no {', '.join(missing)}"
+        state = status.optuna_state
         # Attributes first: a finished Optuna trial takes no more writes.
         self.store.set_attrs(entry.planned, entry.number, {"outcome": {
             "status": status, "reason": reason, "seconds": round(outcome.seconds, 3), "host": outcome.host,
@@ -402,11 +400,10 @@ class SweepDriver:
         tags = {"qsweep.status": status, "qsweep.reason": reason}
         if outcome.resumed_from_step:
             tags["qsweep.resumed_from_step"] = str(outcome.resumed_from_step)
-        mlflow_status = MLFLOW_STATUS.get(status, "FAILED")
-        self.closing.append(self._records.submit(_close_run, entry.run, tags, mlflow_status))
-        if status in ("failed", "crashed", "oom"):
+        self.closing.append(self._records.submit(_close_run, entry.run, tags, status.mlflow_status))
+        if status.is_failure:
             log.warning("trial %s %s: %s", entry.key, status, reason)
-            status = "failed"
+            status = TrialStatus.FAILED
         self.tally.done[status] = self.tally.done.get(status, 0) + 1
         self.tally.durations.append(time.monotonic() - entry.started)
         self.tally.running = len(self.in_flight)
@@ -427,15 +424,15 @@ class SweepDriver:
         for ref, entry in self.in_flight.items():
             self.cluster.cancel(ref)
             try:
-                entry.run.set_tags({"qsweep.status": "interrupted"})
-                entry.run.finish("KILLED")
+                entry.run.set_tags({"qsweep.status": TrialStatus.INTERRUPTED})
+                entry.run.finish(TrialStatus.INTERRUPTED.mlflow_status)
             except Exception:  # noqa: BLE001 - stopping matters more than this record
                 log.exception("could not mark %s interrupted", entry.key)
         self.in_flight.clear()
         self._flush_records()
         if self.parent is not None:
-            self.parent.set_tags({"qsweep.status": "interrupted"})
-            self.parent.finish("KILLED")
+            self.parent.set_tags({"qsweep.status": TrialStatus.INTERRUPTED})
+            self.parent.finish(TrialStatus.INTERRUPTED.mlflow_status)
 
 
 def _close_run(run: MlflowTracker, tags: dict[str, str], status: str) -> None:

@@ -23,12 +23,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-PROBE_TIMEOUT_S = 5.0
+from trainers.errors import TrackingUnavailable
+from trainers.hub import PROBE_TIMEOUT_S
+
 _SECRET_KEYS = ("token", "password", "passwd", "secret", "key", "auth", "credential", "sig")
-
-
-class TrackingUnavailable(Exception):
-    """The tracking store cannot be reached or written; the message says what to do."""
 
 
 def redact(uri: str) -> str:

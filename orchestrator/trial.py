@@ -37,6 +37,7 @@ from orchestrator.config import TrialConfig
 from orchestrator.gpu_turns import GpuTurns, NoTurns, memory_needs
 from trainers.metrics import StepMetrics, TrainResult
 from trainers.phases import PhaseClock
+from trainers.status import TrialStatus
 
 log = logging.getLogger("qsweep")
 
@@ -178,7 +179,7 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
     result: TrialResult | None = None
     try:
         with phases.phase("record"):
-            tracker.set_tags({"qsweep.status": "running", "qsweep.trial_hash": cfg.content_hash(),
+            tracker.set_tags({"qsweep.status": TrialStatus.RUNNING, "qsweep.trial_hash": cfg.content_hash(),
                               "qsweep.data_type": cfg.quant.label})
             tracker.log_params(cfg.flat())
             config_file = workdir / "config.yaml"
@@ -203,9 +204,9 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
         reason = f"{type(err).__name__}: {err}"[:500]
         trace = workdir / "traceback.txt"
         trace.write_text("".join(traceback.format_exception(err)))
-        result = TrialResult("failed", reason, tracker.run_id, workdir)
+        result = TrialResult(TrialStatus.FAILED, reason, tracker.run_id, workdir)
         try:
-            tracker.set_tags({"qsweep.status": "failed", "qsweep.reason": reason})
+            tracker.set_tags({"qsweep.status": TrialStatus.FAILED, "qsweep.reason": reason})
             tracker.log_artifact(trace)
         except Exception:  # noqa: BLE001 - the original error matters more than this one
             log.exception("could not record the failure")
@@ -290,18 +291,18 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
     try:
         trained = fit(setup, cfg, workdir, record_step)
     except TrialPruned as pruned:
-        return _Computed("pruned", str(pruned), baseline=baseline)
+        return _Computed(TrialStatus.PRUNED, str(pruned), baseline=baseline)
     finally:
         evaluating = phases.seconds.get("intermediate_eval", 0.0) - evaluating_before
         phases.add("train", phases.clock() - began - evaluating)
-    if trained.status != "finished":
+    if trained.status != TrialStatus.FINISHED:
         return _Computed(trained.status, trained.reason, trained, baseline)
     evaluation = None
     if cfg.eval.tasks:
         log.info("evaluating the trained model")
         with phases.phase("eval"):
             evaluation = evaluate()
-    return _Computed("finished", trained.reason, trained, baseline, evaluation)
+    return _Computed(TrialStatus.FINISHED, trained.reason, trained, baseline, evaluation)
 
 
 def _release_accelerator_memory() -> None:
@@ -318,7 +319,7 @@ def _release_accelerator_memory() -> None:
 def _record(computed: _Computed, tracker: Tracker, workdir: Path) -> TrialResult:
     """The trial's outcome into MLflow: artifacts, final metrics and its status."""
     trained = computed.trained
-    if computed.status != "finished":
+    if computed.status != TrialStatus.FINISHED:
         tracker.set_tags({"qsweep.status": computed.status, "qsweep.reason": computed.reason})
         return TrialResult(computed.status, computed.reason, tracker.run_id, workdir, trained,
                            baseline_metrics=computed.baseline)
@@ -330,10 +331,11 @@ def _record(computed: _Computed, tracker: Tracker, workdir: Path) -> TrialResult
         tracker.log_metrics(metrics, step=trained.steps)
         for path in computed.evaluation.write(workdir / "eval"):
             tracker.log_artifact(path, "eval")
-    tracker.log_metrics({"train/final_loss": trained.final_loss or float("nan"),
-                         "train/mean_tokens_per_s": trained.tokens_per_s}, step=trained.steps)
-    tracker.set_tags({"qsweep.status": "finished", "qsweep.reason": trained.reason})
-    return TrialResult("finished", trained.reason, tracker.run_id, workdir, trained,
+    summary = trained.summary_metrics()
+    tracker.log_metrics({name: summary[name] for name in ("train/final_loss", "train/mean_tokens_per_s")},
+                        step=trained.steps)
+    tracker.set_tags({"qsweep.status": TrialStatus.FINISHED, "qsweep.reason": trained.reason})
+    return TrialResult(TrialStatus.FINISHED, trained.reason, tracker.run_id, workdir, trained,
                        metrics=metrics, baseline_metrics=computed.baseline)
 
 

@@ -98,14 +98,7 @@ def summary_metrics(result: Any) -> dict[str, float]:
     metrics = dict(result.metrics)
     trained = result.train
     if trained is not None:
-        metrics.update({
-            "train/final_loss": trained.final_loss if trained.final_loss is not None else float("nan"),
-            "train/mean_tokens_per_s": trained.tokens_per_s,
-            "train/peak_memory_bytes": float(trained.peak_memory_bytes),
-            "model/base_weight_bytes": float(trained.footprint.total_bytes),
-            "model/quantized_bytes": float(trained.footprint.quantized_bytes),
-            "model/trainable_params": float(trained.trainable_params),
-        })
+        metrics.update(trained.summary_metrics())
     return metrics
 
 
@@ -120,6 +113,7 @@ def execute(request: TrialRequest, report: Report | None = None) -> TrialOutcome
     from orchestrator.trial import Pruning, run_trial
     from trainers.config_loading import validate
     from trainers.phases import PhaseClock, process_started
+    from trainers.status import TrialStatus
 
     phases = PhaseClock(started=max(process_started(), request.submitted_at))
     started = time.perf_counter()
@@ -142,10 +136,10 @@ def execute(request: TrialRequest, report: Report | None = None) -> TrialOutcome
         result = run_trial(cfg, tracker, workdir, pruning=pruning, phases=phases,
                            gpu_turns=gpu_turns(cfg, request.load_ahead) if request.gpu_lease else None)
     except torch.OutOfMemoryError as err:
-        return outcome("oom", f"out of memory: {str(err).splitlines()[0][:300]}")
+        return outcome(TrialStatus.OOM, f"out of memory: {str(err).splitlines()[0][:300]}")
     except Exception as err:  # noqa: BLE001 - the sweep goes on; run_trial recorded the traceback
         (workdir / "traceback.txt").write_text("".join(traceback.format_exception(err)))
-        return outcome("failed", f"{type(err).__name__}: {err}"[:500])
+        return outcome(TrialStatus.FAILED, f"{type(err).__name__}: {err}"[:500])
     trained = result.train
     return outcome(result.status, result.reason, metrics=summary_metrics(result),
                    steps=trained.steps if trained else 0,

@@ -24,6 +24,16 @@ BIN = Path(sys.executable).parent
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+SLOW_MODULES = {"test_demo.py", "test_sweep.py", "test_smollm2.py", "test_smollm2_eval.py"}
+"""End-to-end modules of minutes each (sweeps on Ray, the demo, the real SmolLM2): marked
+``slow``; ``make test-quick`` leaves them out, ``make test`` (CI) runs everything."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -28,11 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainers.errors import AssetError
+
 MANIFEST = "qsweep-asset.json"
-
-
-class AssetError(Exception):
-    """An asset could not be fetched, built or verified; the message says what to do."""
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,6 @@ reported with its key path before any model loads. Example::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import string
 from pathlib import Path
@@ -24,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from trainers.assets import ASSETS
 from trainers.data_recipes import RECIPES, TEMPLATES
+from trainers.hashing import json_sha256
 
 Precision = Literal["bf16", "fp16", "fp32"]
 
@@ -44,11 +43,6 @@ class ConfigProblems(ValueError):
     def __init__(self, problems: list[tuple[str, str]]):
         self.problems = problems
         super().__init__("; ".join(f"{key}: {message}" for key, message in problems))
-
-
-def _raise_if(problems: list[tuple[str, str]]) -> None:
-    if problems:
-        raise ConfigProblems(problems)
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -350,5 +344,4 @@ class TrainingConfig(BaseModel):
 
     def content_hash(self) -> str:
         """sha256 (hex) of :meth:`identity`: the trial's identity across machines and runs."""
-        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return json_sha256(self.identity())

@@ -21,21 +21,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from trainers.config import ConfigProblems, TrainingConfig
+from trainers.errors import ConfigError
 
 C = TypeVar("C", bound=TrainingConfig)
-
-
-class ConfigError(Exception):
-    """Invalid configuration: ``problems`` holds (key path, message) pairs."""
-
-    def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
-        self.problems = problems
-        self.source = source
-        where = f" in {source}" if source else ""
-        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        lines = [f"config error{where} ({count}):"]
-        lines += [f"  {path}: {message}" if path else f"  {message}" for path, message in problems]
-        super().__init__("\n".join(lines))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

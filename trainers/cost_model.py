@@ -1,7 +1,8 @@
 """What a trial will cost before it runs: peak GPU memory and training time, from the model's shape.
 
 A first-order model for Llama-shaped decoders, calibrated on the reference measurements of one
-H100 (GUIDE.md and ``bench/results/train_throughput_h100_*.json``: Llama-3-8B shape, seq 1024,
+H100 (bench/README.md, "Training throughput and memory on a GPU", raw figures in
+``bench/results/train_throughput_h100_*.json``: Llama-3-8B shape, seq 1024,
 LoRA r=64 on all linear layers). It is for planning (``qsweep plan`` prints it per sweep), not
 for accounting: expect ±25%.
 

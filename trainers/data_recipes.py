@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainers import hub
+from trainers.errors import DataError
 
 if TYPE_CHECKING:
     from trainers.config import DataConfig
@@ -40,10 +41,6 @@ TEMPLATES = {
     "chat": "the tokenizer's chat template, the prompt as one user turn",
 }
 """Named prompt templates; any other template is a format string over the record's fields."""
-
-
-class DataError(Exception):
-    """The data could not be loaded or rendered; the message says why and what to do."""
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,9 @@ import os
 import urllib.error
 import urllib.request
 
+from trainers.errors import HubUnavailable
+
 PROBE_TIMEOUT_S = 5.0
-
-
-class HubUnavailable(Exception):
-    """The hub cannot be reached (or offline mode is on) and nothing local can stand in."""
 
 
 def endpoint() -> str:

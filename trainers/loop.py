@@ -33,6 +33,7 @@ import torch
 from trainers import checkpoint as ckpt
 from trainers.config import TrainingConfig
 from trainers.data_recipes import load_records
+from trainers.errors import ResumeMismatch
 from trainers.examples import IGNORE_INDEX, BatchOrder, Example, collate, tokenize
 from trainers.faults import maybe_raise_oom
 from trainers.metrics import MemoryMeter, StepMetrics, TrainResult
@@ -47,14 +48,11 @@ from trainers.model import (
 )
 from trainers.optim import build_optimizer, build_scheduler
 from trainers.phases import PhaseClock
+from trainers.status import TrialStatus
 
 log = logging.getLogger("qsweep")
 
 StepCallback = Callable[[StepMetrics], None]
-
-
-class ResumeMismatch(Exception):
-    """The checkpoint in the work directory was written by a different configuration."""
 
 
 @dataclass
@@ -169,7 +167,7 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
     pad_id = qlora.tokenizer.pad_token_id
     autocast = _autocast(cfg, device)
     history: list[StepMetrics] = []
-    status, reason = "finished", f"trained {train_cfg.max_steps} steps"
+    status, reason = TrialStatus.FINISHED, f"trained {train_cfg.max_steps} steps"
     model.train()
     while step < train_cfg.max_steps:
         maybe_raise_oom(step + 1, train_cfg.micro_batch_size)
@@ -205,7 +203,7 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             what = "loss" if not math.isfinite(loss) else "gradient norm"
             value = loss if not math.isfinite(loss) else grad_norm
-            status, reason = "nan", f"{what} became {value} at step {step + 1}"
+            status, reason = TrialStatus.NAN, f"{what} became {value} at step {step + 1}"
             log.warning("stopping: %s", reason)
             break
         if device.type == "cuda":
@@ -231,7 +229,7 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
                                  keep=train_cfg.keep_checkpoints)
 
     adapter_dir = None
-    if status == "finished":
+    if status == TrialStatus.FINISHED:
         adapter_dir = workdir / "adapter"
         model.save_pretrained(adapter_dir, safe_serialization=True)
     train_time = sum(m.step_time_s for m in history)

@@ -10,8 +10,9 @@ from typing import Any, Literal
 import torch
 
 from trainers.footprint import WeightFootprint
+from trainers.status import TrialStatus
 
-TrainStatus = Literal["finished", "nan"]
+TrainStatus = Literal[TrialStatus.FINISHED, TrialStatus.NAN]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,18 @@ class TrainResult:
     train_time_s: float = 0.0
     history: list[StepMetrics] = field(default_factory=list, repr=False)
     """Metrics of the steps this process ran."""
+
+    def summary_metrics(self) -> dict[str, float]:
+        """The run's summary as metrics: final loss (NaN when no step ran), throughput, memory,
+        model size."""
+        return {
+            "train/final_loss": float("nan") if self.final_loss is None else self.final_loss,
+            "train/mean_tokens_per_s": self.tokens_per_s,
+            "train/peak_memory_bytes": float(self.peak_memory_bytes),
+            "model/base_weight_bytes": float(self.footprint.total_bytes),
+            "model/quantized_bytes": float(self.footprint.quantized_bytes),
+            "model/trainable_params": float(self.trainable_params),
+        }
 
 
 class MemoryMeter:

@@ -18,6 +18,7 @@ import torch
 
 from trainers import assets, hub
 from trainers.config import LoraConfig, ModelConfig, QuantConfig, TrainingConfig, looks_like_local_path
+from trainers.errors import SetupError
 from trainers.footprint import WeightFootprint, measure
 from trainers.phases import PhaseClock
 
@@ -27,14 +28,6 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 _ATTENTION_PARTS = ("attn", "attention")
 _MLP_PARTS = ("mlp", "ffn", "feed_forward")
-
-
-class ModelSetupError(Exception):
-    """The config cannot be applied to this model; ``key`` is the config key at fault."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}")
 
 
 @dataclass
@@ -59,7 +52,7 @@ def resolve_device(spec: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelSetupError("train.device", f"{spec!r} requested but no CUDA device is visible")
+        raise SetupError("train.device", f"{spec!r} requested but no CUDA device is visible")
     return device
 
 
@@ -124,14 +117,14 @@ def resolve_targets(linear_names: list[str], lora: LoraConfig) -> list[str]:
         leaves = sorted({n.rsplit(".", 1)[-1] for n in linear_names})
         unmatched = [t for t in spec if not any(n == t or n.endswith("." + t) for n in linear_names)]
         if unmatched:
-            raise ModelSetupError(
+            raise SetupError(
                 "lora.target_modules",
                 f"no linear layer named {', '.join(map(repr, unmatched))} in this model; "
                 f"its linear layers are {', '.join(leaves)}",
             )
         chosen = [n for n in linear_names if any(n == t or n.endswith("." + t) for t in spec)]
     if not chosen:
-        raise ModelSetupError("lora.target_modules",
+        raise SetupError("lora.target_modules",
                               f"preset {spec!r} matches no linear layer of this model")
     return chosen
 

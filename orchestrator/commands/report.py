@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from orchestrator.commands.run import DEFAULT_ROOT
+from orchestrator.commands import DEFAULT_ROOT
 
 
 def add_parser(commands: Any) -> None:

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-DEFAULT_ROOT = Path("qsweep-runs")
+from orchestrator.commands import DEFAULT_ROOT
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +64,7 @@ def run_resume(args: argparse.Namespace) -> int:
 def sweep_directory(name_or_path: str, root: Path) -> Any:
     """The SweepDir of a sweep name under ``root``, or of a sweep directory path."""
     from orchestrator.sweep_dir import SweepDir
-    from trainers.config_loading import ConfigError
+    from trainers.errors import ConfigError
 
     for directory in (SweepDir(Path(name_or_path)), SweepDir.of(root, name_or_path)):
         if directory.exists():
@@ -88,10 +88,10 @@ def _report(prepared: Any, root: Path) -> None:
 def _launch(plan: Any, args: argparse.Namespace) -> int:
     from filelock import FileLock, Timeout
 
-    from orchestrator.cli import EXIT_FAILED, EXIT_OK
     from orchestrator.console import SweepProgress, console, print_error, sweep_summary, usage_lines
     from orchestrator.launch import prepare_sweep
     from orchestrator.worker import execute
+    from trainers.errors import EXIT_FAILED, EXIT_OK
 
     prepared = prepare_sweep(plan, args.root.resolve())
     directory = prepared.directory

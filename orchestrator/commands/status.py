@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from orchestrator.commands.run import DEFAULT_ROOT
+from orchestrator.commands import DEFAULT_ROOT
 
 
 def add_parser(commands: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-DEFAULT_ROOT = Path("qsweep-runs") / "train"
+from orchestrator.commands import DEFAULT_ROOT
 
 
 def add_parser(commands: Any) -> None:
@@ -27,20 +27,22 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides, e.g. lora.r=16 quant.type=fp4")
     parser.add_argument("--workdir", type=Path, default=None,
-                        help=f"work directory (default: {DEFAULT_ROOT}/<config>-<hash>)")
+                        help=f"work directory (default: {DEFAULT_ROOT}/train/<config>-<hash>)")
     parser.add_argument("--restart", action="store_true",
                         help="discard the work directory's checkpoints and start over")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.cli import EXIT_NAN, EXIT_OK
     from orchestrator.config import load_trial_config
     from orchestrator.console import TrainProgress, console, train_summary
+    from trainers.errors import EXIT_NAN, EXIT_OK
     from trainers.loop import fit, prepare
+    from trainers.status import TrialStatus
 
     cfg = load_trial_config(args.config, args.overrides)
-    workdir = (args.workdir or DEFAULT_ROOT / f"{args.config.stem}-{cfg.content_hash()[:8]}").resolve()
+    default = DEFAULT_ROOT / "train" / f"{args.config.stem}-{cfg.content_hash()[:8]}"
+    workdir = (args.workdir or default).resolve()
     if args.restart and (workdir / "checkpoints").exists():
         shutil.rmtree(workdir / "checkpoints")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -62,4 +64,4 @@ def run(args: argparse.Namespace) -> int:
     summary = {k: v for k, v in asdict(result).items() if k != "history"}
     (workdir / "result.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     console.print(train_summary(result))
-    return EXIT_OK if result.status == "finished" else EXIT_NAN
+    return EXIT_OK if result.status == TrialStatus.FINISHED else EXIT_NAN

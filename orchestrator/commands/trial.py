@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-DEFAULT_ROOT = Path("qsweep-runs")
+from orchestrator.commands import DEFAULT_ROOT
 
 
 def add_parser(commands: Any) -> None:
@@ -30,13 +30,14 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from evaluation.harness import check_tasks
-    from orchestrator.cli import EXIT_NAN, EXIT_OK
     from orchestrator.config import load_trial_config
     from orchestrator.console import TrainProgress, console, eval_table, phase_table, train_summary
     from orchestrator.tracking import MlflowTracker, check_reachable, redact, resolve_uri
     from orchestrator.trial import run_trial
     from trainers import hub
+    from trainers.errors import EXIT_NAN, EXIT_OK
     from trainers.phases import PhaseClock, process_started
+    from trainers.status import TrialStatus
 
     cfg = load_trial_config(args.config, args.overrides)
     root = args.root.resolve()
@@ -53,15 +54,15 @@ def run(args: argparse.Namespace) -> int:
     tracker = MlflowTracker.start(uri, cfg.tracking.experiment, run_name)
     console.print(f"[bold]qsweep trial[/] {args.config} -> {workdir}")
     console.print(f"MLflow run {tracker.run_id} in {redact(uri)}", highlight=False)
-    status = "FAILED"
+    status = TrialStatus.FAILED.mlflow_status
     try:
         with TrainProgress(cfg.train.max_steps) as progress:
             # The start phase runs from the process's start: imports and checks count too.
             result = run_trial(cfg, tracker, workdir, on_step=progress,
                                phases=PhaseClock(started=process_started()))
-        status = "FINISHED" if result.status == "finished" else "FAILED"
+        status = TrialStatus(result.status).mlflow_status
     except KeyboardInterrupt:
-        status = "KILLED"
+        status = TrialStatus.INTERRUPTED.mlflow_status
         raise
     finally:
         tracker.finish(status)
@@ -78,4 +79,4 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"MLflow UI: qsweep ui --root {args.root}  then open "
                       f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs/{tracker.run_id}",
                       highlight=False)
-    return EXIT_OK if result.status == "finished" else EXIT_NAN
+    return EXIT_OK if result.status == TrialStatus.FINISHED else EXIT_NAN

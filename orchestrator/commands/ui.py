@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator.commands.trial import DEFAULT_ROOT
+from orchestrator.commands import DEFAULT_ROOT
 
 
 def add_parser(commands: Any) -> None:

@@ -10,8 +10,9 @@ import yaml
 
 from evaluation import offline_data, task_files
 from evaluation.config import OFFLINE_DEV_PER_SUBJECT, EvalConfig
-from evaluation.harness import EvalSetupError, check_tasks, expand_tasks, stratified_samples, task_manager
+from evaluation.harness import check_tasks, expand_tasks, stratified_samples, task_manager
 from evaluation.mmlu_categories import SUBJECT_CATEGORIES, subject_key
+from trainers.errors import SetupError
 from trainers.mmlu import TRAIN_SUBJECTS
 
 LM_EVAL_MMLU = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
@@ -92,7 +93,7 @@ def test_trained_subjects_are_left_out_of_mmlu_groups() -> None:
 
 def test_unknown_task_names_are_reported_with_suggestions() -> None:
     expected = r"eval.tasks: lm-eval has no task or group 'mmlu_ofline'.*mmlu_offline"
-    with pytest.raises(EvalSetupError, match=expected):
+    with pytest.raises(SetupError, match=expected):
         check_tasks(EvalConfig(tasks=["mmlu_ofline"]))
 
 

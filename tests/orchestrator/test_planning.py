@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from orchestrator.planning import load_plan
-from trainers.config_loading import ConfigError
+from trainers.errors import ConfigError
 
 
 @pytest.fixture

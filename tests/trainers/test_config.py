@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainers.config_loading import ConfigError, load_config, validate
+from trainers.config_loading import load_config, validate
+from trainers.errors import ConfigError
 
 
 def write(tmp_path: Path, data: dict | str) -> Path:

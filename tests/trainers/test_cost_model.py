@@ -11,14 +11,16 @@ from trainers.config import TrainingConfig
 from trainers.cost_model import GIB, KNOWN_SHAPES, shape_of, training_cost, weight_bytes
 from trainers.model import load_qlora_model
 
-# GUIDE.md: one H100 80GB, Llama-3-8B shape, seq 1024, LoRA r=64 on all linear layers.
+# The plain transformers + bitsandbytes + peft loop measured on one H100 80GB, Llama-3-8B shape,
+# seq 1024, LoRA r=64 on all linear layers (bench/README.md, "Training throughput and memory on
+# a GPU"; bench/results/train_throughput_h100_part{1,2}.json).
 H100_REFERENCE = [
     # (quant, micro-batch, gradient checkpointing, measured tokens/s, measured peak GiB)
-    ({"type": "nf4", "double_quant": True}, 1, True, 1650, 11.1),
-    ({"type": "nf4", "double_quant": True}, 4, True, 4814, 16.9),
-    ({"type": "nf4", "double_quant": True}, 4, False, 7249, 58.3),
-    ({"type": "fp4", "double_quant": False}, 4, False, 7279, 58.6),
-    ({"bits": 16}, 4, False, 9061, 54.5),
+    ({"type": "nf4", "double_quant": True}, 1, True, 1621, 11.08),
+    ({"type": "nf4", "double_quant": True}, 4, True, 4811, 16.91),
+    ({"type": "nf4", "double_quant": True}, 4, False, 7281, 58.23),
+    ({"type": "fp4", "double_quant": False}, 4, False, 7345, 58.56),
+    ({"bits": 16}, 4, False, 9118, 54.45),
 ]
 
 

@@ -8,8 +8,9 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
+from trainers.errors import SetupError
 from trainers.loop import fit, prepare, train
-from trainers.model import ModelSetupError, load_qlora_model
+from trainers.model import load_qlora_model
 
 DATA_TYPES = {
     "nf4": {"bits": 4, "type": "nf4", "double_quant": False},
@@ -116,5 +117,5 @@ def test_target_module_presets(preset, expected: set[str], tiny_config) -> None:
 
 
 def test_unknown_target_module_is_reported_before_weights_load(tiny_config) -> None:
-    with pytest.raises(ModelSetupError, match=r"lora.target_modules: no linear layer named 'qkv'"):
+    with pytest.raises(SetupError, match=r"lora.target_modules: no linear layer named 'qkv'"):
         prepare(tiny_config(lora={"target_modules": ["qkv"]}))

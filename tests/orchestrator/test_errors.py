@@ -1,0 +1,62 @@
+"""One error vocabulary: every error a user can act on is a QsweepError whose exit code the
+command line returns, in one place, with its message and no traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+import orchestrator.commands.plan as plan_command
+from orchestrator.cli import main
+from trainers import errors
+from trainers.errors import (
+    AssetError,
+    ConfigError,
+    DataError,
+    HubUnavailable,
+    QsweepError,
+    ReportError,
+    ResumeMismatch,
+    SetupError,
+    StorageUnavailable,
+    TrackingUnavailable,
+)
+
+
+@pytest.mark.parametrize(("error", "code"), [
+    (ConfigError([("trial.lora.r", "must be > 0")], "sweep.yaml"), 2),
+    (SetupError("lora.target_modules", "no linear layer named 'qkv'"), 2),
+    (ResumeMismatch("the checkpoint was written by another config"), 2),
+    (DataError("data.path: no such file"), 1),
+    (AssetError("mmlu: checksum mismatch"), 1),
+    (HubUnavailable("offline and not cached"), 1),
+    (TrackingUnavailable("cannot reach http://127.0.0.1:1"), 1),
+    (StorageUnavailable("cannot use the Optuna storage"), 1),
+    (ReportError("no finished trial"), 1),
+])
+def test_the_command_line_ends_each_error_with_its_exit_code_and_message(
+        monkeypatch, capsys, error: QsweepError, code: int) -> None:
+    def fail(args) -> int:
+        raise error
+
+    monkeypatch.setattr(plan_command, "run", fail)
+    assert main(["plan", "whatever.yaml"]) == code
+    err = capsys.readouterr().err
+    assert str(error).splitlines()[0] in err and "Traceback" not in err
+
+
+def test_every_error_class_is_a_qsweep_error_with_an_exit_code() -> None:
+    classes = [value for value in vars(errors).values()
+               if isinstance(value, type) and issubclass(value, Exception)]
+    assert len(classes) >= 11
+    for cls in classes:
+        assert issubclass(cls, QsweepError)
+        assert cls.exit_code in (errors.EXIT_FAILED, errors.EXIT_CONFIG)
+
+
+def test_a_bug_is_not_swallowed(monkeypatch) -> None:
+    def fail(args) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(plan_command, "run", fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["plan", "whatever.yaml"])

@@ -1,0 +1,15 @@
+"""sha256 of JSON-able values in canonical form (sorted keys): identities that hold across
+machines and runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def json_sha256(value: Any, *, compact: bool = True) -> str:
+    """sha256 (hex) of ``value`` as JSON with sorted keys; ``compact``: without spaces after
+    separators. Sweep fingerprints use ``compact=False``, the form they were first recorded in."""
+    separators = (",", ":") if compact else (", ", ": ")
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=separators).encode()).hexdigest()
