@@ -13,21 +13,20 @@ whose run already finished are told, the others run again in the same work direc
 their last checkpoint, logging only the steps their run lacks.
 
 Failures: a worker process that dies is retried by Ray (``retries``); an out-of-memory error
-is retried with half the micro-batch and twice the gradient accumulation (``oom_retries``),
-and the change is tagged on the run; any other exception fails the trial (its traceback is
+is retried with half the micro-batch and twice the gradient accumulation (``oom_retries``,
+:func:`smaller_micro_batch`), and the change is tagged on the run (the retry's worker removes
+the checkpoints of the larger micro-batch); any other exception fails the trial (its traceback is
 an artifact of its run) and the sweep goes on.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from orchestrator.cluster import Cluster, TrialCrashed, TrialResources
@@ -312,7 +311,8 @@ class SweepDriver:
                                workdir=str(workdir), objective=self.spec.objectives[0].metric,
                                report_every=pruner.report_every if pruner else None,
                                submitted_at=time.time(), gpu_lease=self.resources.overlap,
-                               load_ahead=self.resources.load_ahead)
+                               load_ahead=self.resources.load_ahead,
+                               discard_other_checkpoints=bool(adjust))
         if record.attrs.get("run_id") != run.run_id:
             self.store.set_attrs(planned, record.number, {"run_id": run.run_id})
         ref = self.cluster.submit(self.trial_fn, request, gpus=self.resources.gpus, cpus=self.resources.cpus,
@@ -366,18 +366,15 @@ class SweepDriver:
         """Resubmit an out-of-memory trial with half the micro-batch; False when it can't shrink."""
         retries = entry.oom_retries
         train = entry.request.config["train"]
-        micro, accum = train["micro_batch_size"], train["grad_accum_steps"]
-        if retries >= self.spec.oom_retries or micro < 2:
+        smaller = smaller_micro_batch(train, retries, self.spec.oom_retries)
+        if smaller is None:
             return False
-        smaller = {"train.micro_batch_size": micro // 2, "train.grad_accum_steps": accum * 2}
-        change = (f"train.micro_batch_size {micro} -> {micro // 2}, train.grad_accum_steps {accum} -> "
-                  f"{accum * 2} after {outcome.reason}")
+        change = ", ".join(f"{key} {train[key.split('.')[1]]} -> {value}" for key, value in smaller.items())
+        change += f" after {outcome.reason}"
         log.warning("trial %s ran out of memory; retrying with %s", entry.key, change)
         attrs = {"adjust": smaller, "oom_retries": retries + 1}
         self.store.set_attrs(entry.planned, entry.number, attrs)
         entry.run.set_tags({"qsweep.adjusted": change, "qsweep.oom_retries": str(retries + 1)})
-        # The old checkpoints belong to the larger micro-batch: start this attempt afresh.
-        shutil.rmtree(Path(entry.request.workdir) / "checkpoints", ignore_errors=True)
         record = TrialRecord(entry.planned.name, entry.number, "RUNNING", _searched(entry.request, self.spec),
                              None, {**attrs, "run_id": entry.run.run_id}, None)
         self._submit(entry.planned, record, entry.run)
@@ -433,6 +430,16 @@ class SweepDriver:
         if self.parent is not None:
             self.parent.set_tags({"qsweep.status": TrialStatus.INTERRUPTED})
             self.parent.finish(TrialStatus.INTERRUPTED.mlflow_status)
+
+
+def smaller_micro_batch(train: dict[str, Any], retries: int, limit: int) -> dict[str, int] | None:
+    """What an out-of-memory trial is retried with: half the micro-batch and twice the gradient
+    accumulation (the optimizer step sees the same examples); None when ``limit`` retries are
+    used up or the micro-batch is already 1."""
+    micro, accum = train["micro_batch_size"], train["grad_accum_steps"]
+    if retries >= limit or micro < 2:
+        return None
+    return {"train.micro_batch_size": micro // 2, "train.grad_accum_steps": accum * 2}
 
 
 def _close_run(run: MlflowTracker, tags: dict[str, str], status: str) -> None:

@@ -52,6 +52,9 @@ class TrialRequest:
     load_ahead: bool = False
     """While waiting for its turn, load the model beside the trial that trains, when memory
     allows (``resources.load_ahead``)."""
+    discard_other_checkpoints: bool = False
+    """The config was changed since the trial last ran (a smaller micro-batch after running out
+    of memory): checkpoints of the old config are removed rather than resumed from."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ def execute(request: TrialRequest, report: Report | None = None) -> TrialOutcome
     from orchestrator.config import TrialConfig
     from orchestrator.tracking import MlflowTracker
     from orchestrator.trial import Pruning, run_trial
+    from trainers.checkpoint import discard_other_configs
     from trainers.config_loading import validate
     from trainers.phases import PhaseClock, process_started
     from trainers.status import TrialStatus
@@ -130,6 +134,9 @@ def execute(request: TrialRequest, report: Report | None = None) -> TrialOutcome
 
     try:
         cfg = validate(request.config, TrialConfig)
+        if request.discard_other_checkpoints:
+            removed = discard_other_configs(workdir, cfg.content_hash())
+            log.info("removed %d checkpoints of the trial's earlier config", removed)
         tracker = MlflowTracker.attach(request.tracking_uri, request.run_id)
         pruning = (Pruning(request.report_every, request.objective, report)
                    if report is not None and request.report_every else None)

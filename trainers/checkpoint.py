@@ -115,6 +115,22 @@ def read_state(path: Path) -> TrainerState:
     return TrainerState(**payload)
 
 
+def discard_other_configs(workdir: Path, config_hash: str) -> int:
+    """Remove the checkpoints of ``workdir`` written by another configuration (an out-of-memory
+    retry's larger micro-batch); the number removed."""
+    root = checkpoint_root(workdir)
+    removed = 0
+    for path in sorted(root.glob(f"{_PREFIX}*")) if root.is_dir() else []:
+        try:
+            same = read_state(path).config_hash == config_hash
+        except (OSError, ValueError, KeyError, TypeError):
+            same = False  # unreadable: it could not be resumed from either
+        if not same:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def _prune(root: Path, keep: int) -> None:
     steps = sorted((p for p in root.glob(f"{_PREFIX}*") if p.name[len(_PREFIX):].isdigit()),
                    key=lambda p: int(p.name[len(_PREFIX):]))
