@@ -24,7 +24,7 @@ INCOMPLETE = "†"
 
 
 @dataclass(frozen=True)
-class TrialRecord:
+class ReportedTrial:
     """One finished-or-not trial as a report sees it."""
 
     labels: dict[str, str]
@@ -36,7 +36,9 @@ class TrialRecord:
 
 
 @dataclass(frozen=True)
-class Cell:
+class TableCell:
+    """One cell of a report table: the metric's estimate over the seeds of a (row, column)."""
+
     estimate: Estimate
     expected: int
     """Trials planned for the cell (its seeds)."""
@@ -57,7 +59,7 @@ class Table:
     column_axes: tuple[str, ...]
     rows: list[str]
     columns: list[str]
-    cells: dict[tuple[str, str], Cell]
+    cells: dict[tuple[str, str], TableCell]
     means: dict[str, Estimate]
     """Per row: the mean over columns, per seed, then over seeds (NaN interval if incomplete)."""
     scale: float = 1.0
@@ -92,7 +94,7 @@ def _column_label(labels: dict[str, str], axes: Sequence[str]) -> str:
     return " / ".join(labels.get(axis, "?") for axis in axes) if axes else "all"
 
 
-def build_table(records: Sequence[TrialRecord], *, rows: str, columns: Sequence[str], metric: str,
+def build_table(records: Sequence[ReportedTrial], *, rows: str, columns: Sequence[str], metric: str,
                 seeds: Sequence[int], title: str = "", scale: float = 1.0,
                 row_order: Sequence[str] | None = None) -> Table:
     """Aggregate ``metric`` of ``records`` into rows x columns over ``seeds``.
@@ -134,7 +136,7 @@ def build_table(records: Sequence[TrialRecord], *, rows: str, columns: Sequence[
             lost = failed.get((row, column), 0)
             if by_seed or lost:
                 estimate = t_interval([by_seed[s] for s in sorted(by_seed)])
-                cells[(row, column)] = Cell(estimate, len(seeds), lost)
+                cells[(row, column)] = TableCell(estimate, len(seeds), lost)
     means = {}
     for row in row_labels:
         per_seed = []

@@ -10,13 +10,14 @@ Markdown, LaTeX (booktabs), CSV and PNG plots, all also logged on the parent run
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from evaluation.statistics import Comparison, paired_t_test
-from evaluation.tables import Table, TrialRecord, build_table, to_csv, to_latex, to_markdown
+from evaluation.tables import ReportedTrial, Table, build_table, to_csv, to_latex, to_markdown
 from orchestrator.report_layouts import PRESETS, Layout
 from trainers.errors import ReportError
 
@@ -27,7 +28,7 @@ class SweepRecords:
     experiment_id: str
     seeds: list[int]
     axes: dict[str, list[str]]
-    trials: list[TrialRecord]
+    trials: list[ReportedTrial]
 
 
 def layout_from(preset: str | None, overrides: dict[str, Any]) -> Layout:
@@ -55,8 +56,6 @@ def spec_layouts(reports: list[Any]) -> list[Layout]:
 
 def read_sweep(uri: str, experiment: str, sweep: str, metrics: list[str]) -> SweepRecords:
     """The sweep's trials from MLflow: labels, seed, status and the asked-for metrics."""
-    import json
-
     from orchestrator.tracking import _client, find_runs
 
     parents = find_runs(uri, experiment, {"qsweep.role": "sweep", "qsweep.sweep": sweep})
@@ -80,16 +79,21 @@ def read_sweep(uri: str, experiment: str, sweep: str, metrics: list[str]) -> Swe
         labels = {key.removeprefix("qsweep.axis."): value for key, value in tags.items()
                   if key.startswith("qsweep.axis.")}
         status = tags.get("qsweep.status", "unknown")
-        trials.append(TrialRecord(labels, int(tags.get("qsweep.seed", 0)), status, values))
+        trials.append(ReportedTrial(labels, int(tags.get("qsweep.seed", 0)), status, values))
     params = parent.data.params
     seeds = json.loads(params.get("sweep.seeds", "[0]"))
-    axes = _literal(params.get("sweep.grid", "{}"))
+    axes = _structured(params.get("sweep.grid", "{}"))
     return SweepRecords(parent.info.run_id, parent.info.experiment_id, seeds, axes, trials)
 
 
-def _literal(text: str) -> Any:
+def _structured(text: str) -> Any:
+    """A structured param: JSON, or Python's repr as runs recorded before 2026-11-26 hold it."""
     import ast
 
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):

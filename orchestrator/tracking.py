@@ -14,6 +14,7 @@ secret-looking query values of any URI before it is printed or logged.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 import urllib.error
@@ -240,7 +241,11 @@ class MlflowTracker:
 
 
 def _param_value(value: Any) -> str:
-    text = "null" if value is None else str(value)
+    """A param as MLflow stores it: structured values (lists, mappings) as JSON, others as text."""
+    if isinstance(value, (list, tuple, dict)):
+        text = json.dumps(value, default=str)
+    else:
+        text = "null" if value is None else str(value)
     return text if len(text) <= 6000 else text[:5997] + "..."
 
 

@@ -35,6 +35,7 @@ import yaml
 
 from orchestrator.config import TrialConfig
 from orchestrator.gpu_turns import GpuTurns, NoTurns, memory_needs
+from trainers.faults import StepHook
 from trainers.metrics import StepMetrics, TrainResult
 from trainers.phases import PhaseClock
 from trainers.status import TrialStatus
@@ -150,7 +151,7 @@ class _Computed:
 def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
               on_step: Callable[[StepMetrics], None] | None = None,
               pruning: Pruning | None = None, phases: PhaseClock | None = None,
-              gpu_turns: GpuTurns | None = None) -> TrialResult:
+              gpu_turns: GpuTurns | None = None, before_step: StepHook | None = None) -> TrialResult:
     """Train, evaluate and record one trial. See the module docstring for what is recorded.
 
     A non-finite loss ends the trial with status ``nan`` (no evaluation); a pruner's stop
@@ -167,6 +168,9 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
     evaluation once the model's memory is released; its weights load in its turn, or before it
     while the other trial trains when there is room. Everything else (imports, checks,
     tokenizer, data, artifacts) overlaps the other trial's work. Waiting is the ``wait`` phase.
+
+    ``before_step`` is called before each optimizer step (``trainers.faults``: test-only fault
+    injection).
     """
     phases = phases or PhaseClock()
     from orchestrator.fingerprint import environment_fingerprint
@@ -194,7 +198,7 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
         with gpu_turns or NoTurns() as turns:
             with phases.phase("wait"):
                 turns.wait_to_load(memory_needs(cfg, data.source))
-            computed = _compute(cfg, data, tracker, workdir, phases, on_step, pruning, turns)
+            computed = _compute(cfg, data, tracker, workdir, phases, on_step, pruning, turns, before_step)
             with phases.phase("record"):
                 _release_accelerator_memory()
         with phases.phase("record"):
@@ -218,7 +222,7 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
 
 def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phases: PhaseClock,
              on_step: Callable[[StepMetrics], None] | None, pruning: Pruning | None,
-             turns: GpuTurns | NoTurns) -> _Computed:
+             turns: GpuTurns | NoTurns, before_step: StepHook | None = None) -> _Computed:
     """Load the model onto the accelerator, evaluate the base, train, evaluate the result
     (evaluating and training in the GPU's turn)."""
     with phases.phase("load"):
@@ -289,7 +293,7 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
     began = phases.clock()
     evaluating_before = phases.seconds.get("intermediate_eval", 0.0)
     try:
-        trained = fit(setup, cfg, workdir, record_step)
+        trained = fit(setup, cfg, workdir, record_step, before_step=before_step)
     except TrialPruned as pruned:
         return _Computed(TrialStatus.PRUNED, str(pruned), baseline=baseline)
     finally:

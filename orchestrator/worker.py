@@ -116,6 +116,7 @@ def execute(request: TrialRequest, report: Report | None = None) -> TrialOutcome
     from orchestrator.trial import Pruning, run_trial
     from trainers.checkpoint import discard_other_configs
     from trainers.config_loading import validate
+    from trainers.faults import oom_injector
     from trainers.phases import PhaseClock, process_started
     from trainers.status import TrialStatus
 
@@ -141,7 +142,8 @@ def execute(request: TrialRequest, report: Report | None = None) -> TrialOutcome
         pruning = (Pruning(request.report_every, request.objective, report)
                    if report is not None and request.report_every else None)
         result = run_trial(cfg, tracker, workdir, pruning=pruning, phases=phases,
-                           gpu_turns=gpu_turns(cfg, request.load_ahead) if request.gpu_lease else None)
+                           gpu_turns=gpu_turns(cfg, request.load_ahead) if request.gpu_lease else None,
+                           before_step=oom_injector())
     except torch.OutOfMemoryError as err:
         return outcome(TrialStatus.OOM, f"out of memory: {str(err).splitlines()[0][:300]}")
     except Exception as err:  # noqa: BLE001 - the sweep goes on; run_trial recorded the traceback

@@ -35,7 +35,7 @@ from trainers.config import TrainingConfig
 from trainers.data_recipes import load_records
 from trainers.errors import ResumeMismatch
 from trainers.examples import IGNORE_INDEX, BatchOrder, Example, collate, tokenize
-from trainers.faults import maybe_raise_oom
+from trainers.faults import StepHook
 from trainers.metrics import MemoryMeter, StepMetrics, TrainResult
 from trainers.model import (
     DTYPES,
@@ -131,7 +131,7 @@ def train(cfg: TrainingConfig, workdir: Path, on_step: StepCallback | None = Non
 
 def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
         on_step: StepCallback | None = None, *, resume: bool = True,
-        clock: Callable[[], float] = time.perf_counter) -> TrainResult:
+        clock: Callable[[], float] = time.perf_counter, before_step: StepHook | None = None) -> TrainResult:
     """Run the optimization loop of ``cfg.train`` on a prepared model and examples.
 
     Args:
@@ -170,7 +170,8 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
     status, reason = TrialStatus.FINISHED, f"trained {train_cfg.max_steps} steps"
     model.train()
     while step < train_cfg.max_steps:
-        maybe_raise_oom(step + 1, train_cfg.micro_batch_size)
+        if before_step is not None:
+            before_step(step + 1, train_cfg.micro_batch_size)
         started = clock()
         batches = [
             collate([setup.examples[i] for i in order.micro_batch(position + k)], pad_id)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from evaluation.tables import TrialRecord, build_table, to_csv, to_latex, to_markdown
+from evaluation.tables import ReportedTrial, build_table, to_csv, to_latex, to_markdown
 
 VALUES = {("NF4+DQ", "7B", "alpaca"): [0.390, 0.402, 0.385], ("NF4+DQ", "7B", "flan"): [0.445, 0.450, 0.440],
           ("FP4", "7B", "alpaca"): [0.372, 0.380], ("FP4", "7B", "flan"): [0.440, 0.436, 0.444]}
@@ -14,10 +14,10 @@ VALUES = {("NF4+DQ", "7B", "alpaca"): [0.390, 0.402, 0.385], ("NF4+DQ", "7B", "f
 
 @pytest.fixture
 def table():
-    records = [TrialRecord({"data_type": row, "model": model, "data.name": data}, seed, "finished",
+    records = [ReportedTrial({"data_type": row, "model": model, "data.name": data}, seed, "finished",
                            {"eval/mmlu/acc": value})
                for (row, model, data), values in VALUES.items() for seed, value in enumerate(values)]
-    records.append(TrialRecord({"data_type": "FP4", "model": "7B", "data.name": "alpaca"}, 2, "failed"))
+    records.append(ReportedTrial({"data_type": "FP4", "model": "7B", "data.name": "alpaca"}, 2, "failed"))
     return build_table(records, rows="data_type", columns=["model", "data.name"], metric="eval/mmlu/acc",
                        seeds=[0, 1, 2], title="Table 4", scale=100)
 
@@ -69,6 +69,7 @@ FP4,7B / flan,eval/mmlu/acc,0.44,0.430063,0.449937,3,3,0
 
 
 def test_a_cell_with_no_finished_seed_says_failed() -> None:
-    records = [TrialRecord({"q": "NF4"}, 0, "finished", {"m": 1.0}), TrialRecord({"q": "FP4"}, 0, "failed")]
+    records = [ReportedTrial({"q": "NF4"}, 0, "finished", {"m": 1.0}),
+               ReportedTrial({"q": "FP4"}, 0, "failed")]
     table = build_table(records, rows="q", columns=[], metric="m", seeds=[0])
     assert table.value("FP4", "all") == "failed" and table.value("NF4", "all") == "1.00"

@@ -63,7 +63,12 @@ def test_run_holds_params_tags_and_complete_metric_histories(finished_trial, mlf
     assert run.data.tags["qsweep.status"] == "finished"
     assert run.data.tags["qsweep.trial_hash"] == cfg.content_hash()
     assert run.data.tags["qsweep.data_type"] == "NF4+DQ"
-    assert run.data.params == {k: "null" if v is None else str(v) for k, v in cfg.flat().items()}
+    def encoded(value: object) -> str:  # lists and mappings as JSON (issue 10), the rest as text
+        if isinstance(value, (list, tuple, dict)):
+            return json.dumps(value)
+        return "null" if value is None else str(value)
+
+    assert run.data.params == {k: encoded(v) for k, v in cfg.flat().items()}
     assert run.data.params["quant.type"] == "nf4" and run.data.params["lora.r"] == "8"
 
     losses = client.get_metric_history(tracker.run_id, "train/loss")

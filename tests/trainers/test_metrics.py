@@ -42,3 +42,4 @@ def test_trial_statuses_know_their_optuna_state_and_mlflow_status() -> None:
     assert [status for status in TrialStatus if status.is_failure] == failures
     assert TrialStatus.of_optuna_state("COMPLETE") is TrialStatus.FINISHED
     assert TrialStatus.of_optuna_state("FAIL") is TrialStatus.FAILED
+
