@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from orchestrator.planning import StudyPlan
-from orchestrator.spec import Categorical, FloatRange, IntRange, SweepSpec
+from orchestrator.spec import Categorical, FloatRange, IntRange, PrunerSpec, SearchSpec, SweepSpec
 from trainers.errors import StorageUnavailable
 
 log = logging.getLogger("qsweep")
@@ -71,23 +72,36 @@ def distribution(dist: IntRange | FloatRange | Categorical) -> Any:
     return CategoricalDistribution([_encode(c) for c in dist.choices])
 
 
+def _grid_sampler(search: SearchSpec, seed: int) -> Any:
+    grid = {key: [_encode(c) for c in dist.choices] for key, dist in search.space.items()}  # type: ignore[union-attr]
+    return optuna.samplers.GridSampler(grid, seed=seed)
+
+
+SAMPLER_BUILDERS: dict[str, Callable[[SearchSpec, int], Any]] = {
+    # constant_liar: concurrent trials of a study are spread instead of sampled alike.
+    "tpe": lambda search, seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True),
+    "random": lambda search, seed: optuna.samplers.RandomSampler(seed=seed),
+    "cmaes": lambda search, seed: optuna.samplers.CmaEsSampler(seed=seed),
+    "grid": _grid_sampler,
+    "nsga2": lambda search, seed: optuna.samplers.NSGAIISampler(seed=seed),
+}
+"""Optuna's sampler for each name of ``orchestrator.spec.SAMPLERS``."""
+
+PRUNER_BUILDERS: dict[str, Callable[[PrunerSpec, int], Any]] = {
+    "median": lambda config, max_steps: optuna.pruners.MedianPruner(
+        n_startup_trials=config.n_startup_trials, n_warmup_steps=config.n_warmup_steps),
+    "hyperband": lambda config, max_steps: optuna.pruners.HyperbandPruner(
+        min_resource=config.report_every, max_resource=max_steps, reduction_factor=config.reduction_factor),
+}
+"""Optuna's pruner for each name of ``orchestrator.spec.PRUNERS``."""
+
+
 def sampler(spec: SweepSpec, seed: int) -> Any:
     """The sampler of ``spec.search`` (seeded: the same on every restart)."""
     search = spec.search
     if search is None:
         return optuna.samplers.RandomSampler(seed=seed)  # nothing to sample
-    kind = search.sampler
-    if kind == "tpe":
-        # constant_liar: concurrent trials of a study are spread instead of sampled alike.
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if kind == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
-    if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    grid = {key: [_encode(c) for c in dist.choices] for key, dist in search.space.items()}  # type: ignore[union-attr]
-    return optuna.samplers.GridSampler(grid, seed=seed)
+    return SAMPLER_BUILDERS[search.sampler](search, seed)
 
 
 def pruner(spec: SweepSpec, max_steps: int) -> Any:
@@ -95,11 +109,7 @@ def pruner(spec: SweepSpec, max_steps: int) -> Any:
     config = spec.search.pruner if spec.search else None
     if config is None:
         return optuna.pruners.NopPruner()
-    if config.type == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=config.n_startup_trials,
-                                           n_warmup_steps=config.n_warmup_steps)
-    return optuna.pruners.HyperbandPruner(min_resource=config.report_every, max_resource=max_steps,
-                                          reduction_factor=config.reduction_factor)
+    return PRUNER_BUILDERS[config.type](config, max_steps)
 
 
 def sqlite_url(path: Any) -> str:

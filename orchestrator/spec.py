@@ -138,10 +138,34 @@ DISTRIBUTIONS: dict[str, type[IntRange | FloatRange | Categorical]] = {
     "int": IntRange, "float": FloatRange, "categorical": Categorical}
 
 
+@dataclass(frozen=True)
+class SamplerKind:
+    """What a sweep spec may ask of an Optuna sampler (``orchestrator.search`` builds it)."""
+
+    axes: Literal["any", "int/float", "categorical"] = "any"
+    """The search axes it samples."""
+    multi_objective: bool = True
+    """It handles several objectives."""
+
+
+SAMPLERS: dict[str, SamplerKind] = {
+    "tpe": SamplerKind(),
+    "random": SamplerKind(),
+    "cmaes": SamplerKind(axes="int/float", multi_objective=False),
+    "grid": SamplerKind(axes="categorical", multi_objective=False),
+    "nsga2": SamplerKind(),
+}
+"""The samplers a spec may name: the one registry that the schema and the Optuna adapter read."""
+PRUNERS = ("median", "hyperband")
+"""The pruners a spec may name (``orchestrator.search`` builds them)."""
+SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
+PrunerName = Literal[PRUNERS]  # type: ignore[valid-type]
+
+
 class PrunerSpec(ConfigSection):
     """Stops unpromising trials early from intermediate evaluations during training."""
 
-    type: Literal["median", "hyperband"]
+    type: PrunerName
     """median: below the median of earlier trials at the same step; hyperband: successive halving."""
     report_every: int = Field(gt=0)
     """Training steps between intermediate evaluations (each is reported to the pruner)."""
@@ -160,7 +184,7 @@ class SearchSpec(ConfigSection):
     """Dotted trial keys to distributions (int, float, categorical)."""
     n_trials: int = Field(gt=0)
     """Trials per (cell, seed)."""
-    sampler: Literal["tpe", "random", "cmaes", "grid", "nsga2"] = "tpe"
+    sampler: SamplerName = "tpe"
     """tpe, random, cmaes (int/float axes), grid (categorical axes), nsga2 (several objectives)."""
     pruner: PrunerSpec | None = None
     """Early stopping from intermediate evaluations (single objective only)."""
@@ -197,21 +221,22 @@ class SearchSpec(ConfigSection):
     def _check_sampler(self) -> SearchSpec:
         problems = []
         kinds = {key: dist.type for key, dist in self.space.items()}
-        if self.sampler == "grid":
+        axes = SAMPLERS[self.sampler].axes
+        if axes == "categorical":
             numeric = [k for k, kind in kinds.items() if kind != "categorical"]
             if numeric:
-                problems.append(("sampler", f"grid needs categorical axes; {', '.join(numeric)} "
+                problems.append(("sampler", f"{self.sampler} needs categorical axes; {', '.join(numeric)} "
                                             "are ranges (list their values with type: categorical)"))
-            else:
+            elif self.sampler == "grid":
                 size = math.prod(len(d.choices) for d in self.space.values())  # type: ignore[union-attr]
                 if self.n_trials > size:
                     problems.append(("n_trials", f"the grid sampler has {size} points, "
                                                  f"got n_trials {self.n_trials}"))
-        if self.sampler == "cmaes":
+        if axes == "int/float":
             categorical = [k for k, kind in kinds.items() if kind == "categorical"]
             if categorical:
-                problems.append(("sampler", f"cmaes samples int/float axes only; {', '.join(categorical)} "
-                                            "is categorical (use tpe)"))
+                problems.append(("sampler", f"{self.sampler} samples int/float axes only; "
+                                            f"{', '.join(categorical)} is categorical (use tpe)"))
         if len(self.enqueue) > self.n_trials:
             problems.append(("enqueue", f"lists {len(self.enqueue)} parameter sets, more than n_trials "
                                         f"({self.n_trials})"))
@@ -445,9 +470,10 @@ class SweepSpec(BaseModel):
         if "train.seed" in ablated or "train.seed" in searched:
             problems.append(("seeds", "set seeds here, not as a grid or search axis train.seed"))
         several = self.search is not None and len(self.objectives) > 1
-        if several and (self.search.sampler in ("cmaes", "grid") or self.search.pruner is not None):
-            problems.append(("search.sampler", f"{len(self.objectives)} objectives need nsga2, "
-                                               "tpe or random, and no pruner"))
+        if several and (not SAMPLERS[self.search.sampler].multi_objective or self.search.pruner is not None):
+            fit = ", ".join(name for name, kind in SAMPLERS.items() if kind.multi_objective)
+            problems.append(("search.sampler", f"{len(self.objectives)} objectives need one of {fit}, "
+                                               "and no pruner"))
         if problems:
             raise ConfigProblems(problems)
         return self

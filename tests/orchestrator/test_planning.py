@@ -127,6 +127,14 @@ def test_search_axes_and_samplers_are_checked(write_spec) -> None:
     path = write_spec(search={"n_trials": 3, "sampler": "grid",
                               "space": {"lora.r": {"type": "categorical", "choices": [4, 8]}}})
     assert "has 2 points" in problems(path)["search.n_trials"]
+    path = write_spec(search={"n_trials": 2, "sampler": "cmaes",
+                              "space": {"lora.r": {"type": "categorical", "choices": [4, 8]}}})
+    assert "cmaes samples int/float axes only" in problems(path)["search.sampler"]
+    path = write_spec(objectives=[{"metric": "train/final_loss", "direction": "minimize"},
+                                  {"metric": "train/peak_memory_bytes", "direction": "minimize"}],
+                      search={"n_trials": 2, "sampler": "cmaes",
+                              "space": {"lora.r": {"type": "int", "low": 4, "high": 8}}})
+    assert "2 objectives need one of tpe, random, nsga2" in problems(path)["search.sampler"]
     space = {"train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2},
              "lora.r": {"type": "int", "low": 4, "high": 16}}
     path = write_spec(search={"n_trials": 2, "space": space, "enqueue": [

@@ -100,3 +100,26 @@ def test_samplers_are_seeded_per_study(storage: str, plan, tmp_path: Path) -> No
     assert first[0] != first[1]  # each (cell, seed) draws its own values
     elsewhere = StudyStore(f"sqlite:///{tmp_path / 'elsewhere.db'}", plan.spec)
     assert [elsewhere.ask(s).params for s in plan.studies()[:2]] == first  # and the same everywhere
+
+
+def test_one_registry_names_the_samplers_and_pruners_the_spec_accepts_and_optuna_builds() -> None:
+    import optuna
+
+    from orchestrator.search import PRUNER_BUILDERS, SAMPLER_BUILDERS, pruner, sampler
+    from orchestrator.spec import PRUNERS, SAMPLERS, PrunerSpec, SearchSpec, SweepSpec
+
+    assert list(SAMPLER_BUILDERS) == list(SAMPLERS) and list(PRUNER_BUILDERS) == list(PRUNERS)
+    expected = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+                "cmaes": optuna.samplers.CmaEsSampler, "grid": optuna.samplers.GridSampler,
+                "nsga2": optuna.samplers.NSGAIISampler}
+    for name, kind in SAMPLERS.items():
+        axis = ({"type": "categorical", "choices": [8, 16]} if kind.axes == "categorical"
+                else {"type": "int", "low": 8, "high": 16})
+        search = SearchSpec.model_validate({"space": {"lora.r": axis}, "n_trials": 2, "sampler": name})
+        spec = SweepSpec.model_construct(search=search)
+        assert isinstance(sampler(spec, seed=1), expected[name])
+    for name, cls in (("median", optuna.pruners.MedianPruner), ("hyperband", optuna.pruners.HyperbandPruner)):
+        search = SearchSpec.model_validate({"space": {"lora.r": {"type": "int", "low": 8, "high": 16}},
+                                            "n_trials": 2, "pruner": {"type": name, "report_every": 2}})
+        assert isinstance(pruner(SweepSpec.model_construct(search=search), max_steps=10), cls)
+        assert isinstance(search.pruner, PrunerSpec)
