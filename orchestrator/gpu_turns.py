@@ -42,9 +42,10 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from trainers.cost_model import GIB, shape_of, training_cost
+
 log = logging.getLogger("qsweep")
 
-GIB = 2**30
 POLL_S = 0.25
 """Seconds between looks at the holder's note while it has not trained a step yet."""
 MARGIN_SHARE = 0.05
@@ -67,8 +68,6 @@ class MemoryNeeds:
 def memory_needs(cfg: Any, source: str) -> MemoryNeeds | None:
     """The memory a trial's model needs, or None when its shape is unknown (a hub id that is
     not in ``trainers.cost_model.KNOWN_SHAPES`` and not a local directory)."""
-    from trainers.cost_model import shape_of, training_cost
-
     shape = shape_of(cfg.model.name) or shape_of(source)
     if shape is None:
         return None
