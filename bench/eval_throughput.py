@@ -1,7 +1,7 @@
 """MMLU evaluation throughput: qsweep's in-memory path against lm-eval's own model loading.
 
-* ``qsweep``: ``trainers.model.load_qlora_model`` (NF4 + double quantization, LoRA r=64 on all
-  linear layers) evaluated in memory by ``evaluation.harness.evaluate_model`` — what
+* ``qsweep``: ``qsweep.trainers.model.load_qlora_model`` (NF4 + double quantization, LoRA r=64 on all
+  linear layers) evaluated in memory by ``qsweep.evaluation.harness.evaluate_model`` — what
   ``qsweep trial`` does after training;
 * ``reference``: ``lm_eval.simple_evaluate`` on lm-eval's ``HFLM`` around a plain transformers
   model loaded in the same 4-bit format (no adapter, no qsweep code).
@@ -13,7 +13,7 @@ weights left in the float32 that training upcast them to (qsweep before it cast 
 Both score the same ``mmlu_offline`` questions (5-shot, the same stratified sample), each in a
 fresh process; the script reports questions, seconds, questions/s and accuracy. With
 ``--batch-size auto`` (the default) each path sizes its batches its own way: qsweep's
-``evaluation.batching`` (measured at the longest request), lm-eval's probing for the reference.
+``qsweep.evaluation.batching`` (measured at the longest request), lm-eval's probing for the reference.
 
 CPU, the offline SmolLM2 (stratified 2 questions per subject; ``--limit 0`` is the full set)::
 
@@ -39,11 +39,10 @@ from workers import environment, report, run_worker  # noqa: E402
 
 def run_qsweep(args: argparse.Namespace) -> dict:
     import torch
-
-    from evaluation.harness import evaluate_model
-    from orchestrator.config import TrialConfig
-    from trainers.config_loading import validate
-    from trainers.model import DTYPES, load_qlora_model
+    from qsweep.evaluation.harness import evaluate_model
+    from qsweep.orchestrator.trial.config import TrialConfig
+    from qsweep.trainers.config_loading import validate
+    from qsweep.trainers.model import DTYPES, load_qlora_model
 
     cfg = validate({
         "model": {"name": args.model, "dtype": args.dtype},
@@ -67,12 +66,11 @@ def run_reference(args: argparse.Namespace) -> dict:
     import torch
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
+    from qsweep.evaluation.harness import stratified_samples, task_manager
+    from qsweep.evaluation.results import summarize
+    from qsweep.trainers import assets
+    from qsweep.trainers.model import DTYPES
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
-    from evaluation.harness import stratified_samples, task_manager
-    from evaluation.results import summarize
-    from trainers import assets
-    from trainers.model import DTYPES
 
     path = str(assets.ensure(args.model)) if not args.model.startswith("/") else args.model
     manager = task_manager()
@@ -134,9 +132,8 @@ def main() -> None:
 
     if args.create and not (Path(args.model) / "config.json").exists():
         import torch
-
-        from trainers import assets
-        from trainers.random_model import write_random_llama
+        from qsweep.trainers import assets
+        from qsweep.trainers.random_model import write_random_llama
 
         tokenizer_dir = args.tokenizer_from or assets.ensure("smollm2-135m-instruct")
         write_random_llama(Path(args.model), args.create, dtype=torch.bfloat16, device=args.device,

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workers import import_root
+
 
 def run_timed(command: list[str], log: Path, *, env: dict[str, str] | None = None,
               cwd: Path | None = None, timeout_s: float | None = None) -> tuple[int, float]:
@@ -128,7 +130,7 @@ def phases_from_timestamps(client: Any, run: Any) -> dict[str, float]:
 
 def phases_of_run(client: Any, run: Any) -> tuple[dict[str, float], str]:
     """(phases, source): qsweep's ``time/*`` metrics when the run has them, else timestamps."""
-    from trainers.phases import from_metrics
+    from qsweep.trainers.phases import from_metrics
 
     recorded = from_metrics(run.data.metrics)
     if recorded:
@@ -143,6 +145,7 @@ def python() -> str:
 def python_path(project: Path) -> str:
     """PYTHONPATH that imports qsweep from ``project`` and keeps the rest (the packed site)."""
     here = Path(__file__).resolve().parents[1]
+    ours = {import_root(here).resolve(), here, import_root(project).resolve(), project.resolve()}
     others = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-              if p and Path(p).resolve() not in (here, project.resolve())]
-    return os.pathsep.join([str(project), *others])
+              if p and Path(p).resolve() not in ours]
+    return os.pathsep.join([str(import_root(project)), *others])

@@ -18,13 +18,16 @@ fi
 if [ -f .device-assets/py-spy.xz ] && [ ! -x /tmp/site/bin/py-spy ]; then   # optional profiler
   mkdir -p /tmp/site/bin && xz -dc .device-assets/py-spy.xz > /tmp/site/bin/py-spy && chmod +x /tmp/site/bin/py-spy
 fi
-export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
+# qsweep from this checkout, laid out as its wheel installs it (qsweep.trainers -> trainers/, ...)
+mkdir -p .qsweep-view/qsweep
+for folder in trainers evaluation orchestrator configs sweeps; do ln -sfn "$PWD/$folder" ".qsweep-view/qsweep/$folder"; done
+export PYTHONPATH=/tmp/site:$PWD/.qsweep-view PATH=/tmp/site/bin:$PATH
 export QSWEEP_CACHE_DIR=/tmp/qsweep-cache PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
 if [ ! -d "$QSWEEP_CACHE_DIR/assets/mmlu" ]; then
   mkdir -p "$QSWEEP_CACHE_DIR" && tar -xJf .device-assets/assets.tar.xz -C "$QSWEEP_CACHE_DIR"
 fi
 if [ ! -f /tmp/llama3-8b/config.json ]; then
-  python3 -m trainers.random_model --shape llama3-8b --dtype bf16 --vocab-size 128256 --device cuda \
+  python3 -m qsweep.trainers.random_model --shape llama3-8b --dtype bf16 --vocab-size 128256 --device cuda \
     --tokenizer-from "$QSWEEP_CACHE_DIR/smollm2-tokenizer" /tmp/llama3-8b > /dev/null
 fi
 set +e

@@ -49,7 +49,7 @@ def measure(args: argparse.Namespace) -> dict:
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
     out = Path(args.out)
-    command = [python(), "-m", "orchestrator.cli", "run", str(Path(args.spec).resolve()),
+    command = [python(), "-m", "qsweep.orchestrator.cli", "run", str(Path(args.spec).resolve()),
                f"seeds=[{args.seeds}]", *args.overrides, "--root", str(runs)]
     with GpuSampler(out.with_name(f"{out.stem}-nvidia-smi.csv")) as sampler:
         code, wall = run_timed(command, out.with_name(f"{out.stem}.log"), cwd=project, timeout_s=args.timeout,

@@ -1,6 +1,6 @@
 """Orchestration overhead of a large sweep: 1,000 trivial trials on a local Ray cluster of 64 GPUs.
 
-The real driver (``orchestrator.sweep.SweepDriver``: Optuna ask/tell in SQLite, an MLflow child
+The real driver (``qsweep.orchestrator.sweep.driver.SweepDriver``: Optuna ask/tell in SQLite, an MLflow child
 run per trial on a real ``mlflow server``, Ray tasks that each ask for one declared GPU) runs a
 sweep whose trial function only sleeps ``--trial-s`` seconds and returns a loss.
 Whatever the makespan adds to the ideal — ceil(trials / 64) x trial time — is orchestration:
@@ -36,7 +36,7 @@ def trivial_trial(request, report=None):
     import random
     import time as clock
 
-    from orchestrator.worker import TrialOutcome
+    from qsweep.orchestrator.trial.worker import TrialOutcome
 
     started = clock.perf_counter()
     clock.sleep(float(os.environ.get("BENCH_TRIAL_S", "1.0")))
@@ -91,11 +91,10 @@ def start_mlflow(directory: Path) -> tuple[subprocess.Popen, str]:
 
 def run_once(args: argparse.Namespace, placement: str, work: Path, tracking: str) -> dict:
     import ray
-
-    from orchestrator import cluster as cluster_module
-    from orchestrator.cluster import Cluster
-    from orchestrator.launch import prepare_sweep
-    from orchestrator.planning import load_plan
+    from qsweep.orchestrator.adapters import cluster as cluster_module
+    from qsweep.orchestrator.adapters.cluster import Cluster
+    from qsweep.orchestrator.sweep.launch import prepare_sweep
+    from qsweep.orchestrator.sweep.planning import load_plan
 
     if placement == "reused":
         # The reference: Ray's default worker reuse (no new process per trial).

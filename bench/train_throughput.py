@@ -2,7 +2,7 @@
 
 For each configuration, two fresh processes train the same model on the same shapes:
 
-* ``qsweep``: ``trainers.loop.prepare`` + ``fit`` from a TrialConfig (what ``qsweep train`` runs);
+* ``qsweep``: ``qsweep.trainers.loop.prepare`` + ``fit`` from a TrialConfig (what ``qsweep train`` runs);
 * ``reference``: the plain transformers + bitsandbytes + peft loop of qlora.py's recipe,
   written out here in a few lines (load quantized, prepare for k-bit training, LoRA r=64 on
   all linear layers, AdamW, clip at 0.3, bf16 autocast).
@@ -51,8 +51,8 @@ def _compute(device: str) -> str:
 
 def run_qsweep(model_dir: Path, data: Path, spec: dict, args: argparse.Namespace) -> dict:
     """Train through the project's own trainer, as ``qsweep train`` does."""
-    from trainers.config_loading import validate
-    from trainers.loop import fit, prepare
+    from qsweep.trainers.config_loading import validate
+    from qsweep.trainers.loop import fit, prepare
 
     quant = {"bits": spec["bits"], "compute_dtype": _compute(args.device)}
     if spec["bits"] == 4:
@@ -175,8 +175,7 @@ def main() -> None:
 
     if args.create and not (args.model_dir / "config.json").exists():
         import torch
-
-        from trainers.random_model import write_random_llama
+        from qsweep.trainers.random_model import write_random_llama
 
         started = time.perf_counter()
         write_random_llama(args.model_dir, args.shape, dtype=torch.bfloat16, device=args.device,

@@ -40,7 +40,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     runs = Path(args.work) / variant
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
-    command = [python(), "-m", "orchestrator.cli", "trial", str(Path(args.config).resolve()),
+    command = [python(), "-m", "qsweep.orchestrator.cli", "trial", str(Path(args.config).resolve()),
                "--root", str(runs), *args.overrides]
     if args.profile and variant == "after":
         command = ["py-spy", "record", "-r", "10", "-f", "raw", "--nonblocking", "-o",

@@ -23,9 +23,31 @@ def report(result: dict) -> None:
     print(PREFIX + json.dumps(result), flush=True)
 
 
+QSWEEP_FOLDERS = ("trainers", "evaluation", "orchestrator", "configs", "sweeps")
+
+
+def import_root(project: Path) -> Path:
+    """The sys.path entry that imports qsweep from a checkout without installing it.
+
+    A checkout whose folders install under the ``qsweep`` namespace (``pyproject.toml`` maps
+    ``trainers/`` to ``qsweep.trainers``) is imported through a view of links,
+    ``<project>/.qsweep-view/qsweep/<folder>`` -> ``<project>/<folder>``, laid out as the wheel
+    installs it; an older checkout (top-level packages) from its root.
+    """
+    if '"qsweep.trainers"' not in (project / "pyproject.toml").read_text():
+        return project
+    view = project / ".qsweep-view" / "qsweep"
+    view.mkdir(parents=True, exist_ok=True)
+    for folder in QSWEEP_FOLDERS:
+        link = view / folder
+        if not link.is_symlink():
+            link.symlink_to(project.resolve() / folder)
+    return view.parent
+
+
 def run_worker(arguments: list[str]) -> dict:
     """Run ``python <arguments>`` from the project root; its result, or ``{"error": ...}``."""
-    paths = [os.environ.get("PYTHONPATH"), str(ROOT)]
+    paths = [os.environ.get("PYTHONPATH"), str(import_root(ROOT))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     started = time.perf_counter()
     done = subprocess.run([sys.executable, *arguments], capture_output=True, text=True, cwd=ROOT,

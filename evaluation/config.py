@@ -6,9 +6,8 @@ import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
-
-from evaluation.mmlu_categories import SUBJECT_CATEGORIES
-from trainers.config import ConfigProblems, ConfigSection
+from qsweep.evaluation.mmlu_categories import SUBJECT_CATEGORIES
+from qsweep.trainers.config import ConfigProblems, ConfigSection
 
 OFFLINE_TASKS = ("mmlu_offline", "perplexity_offline")
 """Tasks shipped with qsweep (evaluation/tasks/), evaluated without the hub."""

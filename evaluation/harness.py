@@ -25,13 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from evaluation.batching import BatchSizer
-from evaluation.config import MMLU_FAMILY, EvalConfig
-from evaluation.mmlu_categories import SUBJECT_CATEGORIES, subject_key
-from evaluation.results import subject_task, summarize
-from evaluation.task_files import TASKS_DIR
-from trainers.errors import SetupError
+from qsweep.evaluation.batching import BatchSizer
+from qsweep.evaluation.config import MMLU_FAMILY, EvalConfig
+from qsweep.evaluation.mmlu_categories import SUBJECT_CATEGORIES, subject_key
+from qsweep.evaluation.results import subject_task, summarize
+from qsweep.evaluation.task_files import TASKS_DIR
+from qsweep.trainers.errors import SetupError
 
 log = logging.getLogger("qsweep")
 
@@ -44,7 +43,7 @@ class EvalOutcome:
     """What one evaluation produced."""
 
     metrics: dict[str, float]
-    """Flat ``eval/...`` metrics (see ``evaluation.results``)."""
+    """Flat ``eval/...`` metrics (see ``qsweep.evaluation.results``)."""
     results: dict[str, Any]
     """lm-eval's results, JSON-ready (per-sample records moved to ``samples``)."""
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)

@@ -5,7 +5,7 @@
 evaluated, whatever subset a run samples. 57 x 5 = 285 questions are dev; 13,757 are test.
 
 ``perplexity_offline``: the text of 10 test questions from each subject that no offline
-training set uses (the subjects outside ``trainers.mmlu.TRAIN_SUBJECTS``): 530 documents.
+training set uses (the subjects outside ``qsweep.trainers.mmlu.TRAIN_SUBJECTS``): 530 documents.
 
 lm-eval calls these through ``custom_dataset`` in the task YAML under ``evaluation/tasks``.
 """
@@ -16,9 +16,9 @@ import random
 from functools import lru_cache
 from typing import Any
 
-from evaluation.config import OFFLINE_DEV_PER_SUBJECT
-from evaluation.mmlu_categories import SUBJECT_CATEGORIES, subject_key
-from trainers import assets, mmlu
+from qsweep.evaluation.config import OFFLINE_DEV_PER_SUBJECT
+from qsweep.evaluation.mmlu_categories import SUBJECT_CATEGORIES, subject_key
+from qsweep.trainers import assets, mmlu
 
 SPLIT_SEED = "qsweep-mmlu-offline-v1"
 PERPLEXITY_DOCS_PER_SUBJECT = 10

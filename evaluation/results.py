@@ -28,8 +28,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from evaluation.config import subject_task
-from evaluation.mmlu_categories import CATEGORIES, SUBJECT_CATEGORIES
+from qsweep.evaluation.config import subject_task
+from qsweep.evaluation.mmlu_categories import CATEGORIES, SUBJECT_CATEGORIES
 
 _PERPLEXITY = "word_perplexity"
 

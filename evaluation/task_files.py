@@ -1,20 +1,22 @@
-"""The lm-eval task YAML of ``mmlu_offline``, generated from :mod:`evaluation.mmlu_categories`.
+"""The lm-eval task YAML of ``mmlu_offline``, generated from :mod:`qsweep.evaluation.mmlu_categories`.
 
 Like lm-eval's own ``mmlu/default``: one task per subject (same prompt, same few-shot
 sampler), tagged by category, grouped into ``mmlu_offline_{stem,humanities,...}`` and the
 ``mmlu_offline`` group. The files are committed; a test checks they match this generator.
 Regenerate with::
 
-    python -m evaluation.task_files
+    python -m qsweep.evaluation.task_files
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
-from evaluation.mmlu_categories import CATEGORIES, SUBJECT_CATEGORIES
+from qsweep.evaluation.mmlu_categories import CATEGORIES, SUBJECT_CATEGORIES
 
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+TASKS_DIR = Path(str(resources.files("qsweep.evaluation") / "tasks"))
+"""qsweep's lm-eval task folders, package data of ``qsweep.evaluation`` (lm-eval reads them from disk)."""
 MMLU_DIR = TASKS_DIR / "mmlu_offline"
 
 TEMPLATE = """\
@@ -41,7 +43,7 @@ _HEADER = "The following are multiple choice questions (with answers) about {sub
 OFFLINE_MODULE = '''\
 """Entry points for the task YAML beside this file (lm-eval loads it by path)."""
 
-from evaluation.offline_data import mmlu_subject_dataset  # noqa: F401
+from qsweep.evaluation.offline_data import mmlu_subject_dataset  # noqa: F401
 '''
 
 

@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama (hidden 64) with random weights and a byte-level tokenizer."""
-    from trainers.random_model import write_random_llama
+    from qsweep.trainers.random_model import write_random_llama
 
     return write_random_llama(tmp_path_factory.mktemp("models") / "tiny-llama", "tiny", seed=0)
 
@@ -52,19 +52,22 @@ def repeated_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with each section of ``extra`` updated into it (neither is changed)."""
+    out = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
     for section, values in extra.items():
-        merged.setdefault(section, {}).update(values)
-    return merged
+        if isinstance(values, dict):
+            out.setdefault(section, {}).update(values)
+        else:
+            out[section] = values
+    return out
 
 
-@pytest.fixture
-def tiny_config(tiny_model_dir: Path, repeated_data: Path) -> Callable[..., Any]:
-    """Build a validated TrialConfig for the tiny model: ``tiny_config(quant={"type": "fp4"})``."""
-    from orchestrator.config import TrialConfig
-    from trainers.config_loading import validate
-
+@pytest.fixture(scope="session")
+def tiny_trial(tiny_model_dir: Path, repeated_data: Path) -> Callable[..., dict[str, Any]]:
+    """The tests' one trial config, as the dict a YAML file holds: the tiny model on the repeated
+    pairs, on CPU in fp32, 30 steps. ``tiny_trial(train={"max_steps": 5}, eval={...})`` updates
+    sections."""
     base = {
         "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
         "quant": {"compute_dtype": "fp32"},
@@ -75,8 +78,20 @@ def tiny_config(tiny_model_dir: Path, repeated_data: Path) -> Callable[..., Any]
         "data": {"path": str(repeated_data)},
     }
 
-    def build(**sections: dict[str, Any]) -> Any:
-        return validate(_merge(base, sections), TrialConfig)
+    def build(**sections: Any) -> dict[str, Any]:
+        return merged(base, sections)
+
+    return build
+
+
+@pytest.fixture
+def tiny_config(tiny_trial: Callable[..., dict[str, Any]]) -> Callable[..., Any]:
+    """:func:`tiny_trial` validated into a TrialConfig: ``tiny_config(quant={"type": "fp4"})``."""
+    from qsweep.orchestrator.trial.config import TrialConfig
+    from qsweep.trainers.config_loading import validate
+
+    def build(**sections: Any) -> Any:
+        return validate(tiny_trial(**sections), TrialConfig)
 
     return build
 

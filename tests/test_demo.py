@@ -18,9 +18,8 @@ from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
-
-from orchestrator.reporting import make_table, read_sweep
-from orchestrator.spec import ReportSpec
+from qsweep.orchestrator.report.reporting import make_table, read_sweep
+from qsweep.orchestrator.sweep.spec import ReportSpec
 
 QSWEEP = str(Path(sys.executable).parent / "qsweep")
 EXPERIMENT = "demo-e2e"
@@ -51,7 +50,7 @@ def test_the_demo_prints_every_cell_and_keeps_the_papers_perplexity_order(demo: 
     assert "†" not in done.stdout  # no cell incomplete
 
     def table(**report: Any) -> Any:
-        from orchestrator.reporting import spec_layouts
+        from qsweep.orchestrator.report.reporting import spec_layouts
 
         (layout,) = spec_layouts([ReportSpec(**report)])
         return make_table(read_sweep(demo["uri"], EXPERIMENT, "demo", [layout.metric]), layout)

@@ -17,8 +17,14 @@ LAYER = {name: rank for rank, name in enumerate(PACKAGES)}
 
 
 def module_name(path: Path) -> str:
+    """The installed name: ``trainers/loop.py`` is ``qsweep.trainers.loop``."""
     parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    return ".".join(("qsweep", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+
+
+def package(module: str) -> str:
+    """``trainers`` for ``qsweep.trainers.loop``."""
+    return module.split(".")[1]
 
 
 def project_imports() -> dict[str, set[str]]:
@@ -85,7 +91,7 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
 
 def test_imports_flow_from_orchestrator_to_evaluation_to_trainers() -> None:
     upward = [f"{name} imports {target}" for name, targets in project_imports().items() for target in targets
-              if LAYER[target.split(".")[0]] > LAYER[name.split(".")[0]]]
+              if LAYER[package(target)] > LAYER[package(name)]]
     assert upward == []
 
 

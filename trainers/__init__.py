@@ -1,5 +1,5 @@
 """One QLoRA trial's training: typed config, data, quantized model, loop, checkpoints.
 
-Entry points: ``trainers.config_loading.load_config`` and ``trainers.loop.train``.
+Entry points: ``qsweep.trainers.config_loading.load_config`` and ``qsweep.trainers.loop.train``.
 Nothing here imports Ray, Optuna or MLflow.
 """

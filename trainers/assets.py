@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainers.errors import AssetError
+from qsweep.trainers.errors import AssetError
 
 MANIFEST = "qsweep-asset.json"
 

@@ -31,7 +31,7 @@ class TrainerState:
     step: int
     """Optimizer steps completed."""
     position: int
-    """Micro-batches consumed (see ``trainers.examples.BatchOrder``)."""
+    """Micro-batches consumed (see ``qsweep.trainers.examples.BatchOrder``)."""
     last_loss: float | None
     config_hash: str
     config: dict[str, Any]

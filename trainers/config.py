@@ -5,7 +5,7 @@ Defaults follow the QLoRA paper (Dettmers et al. 2023): NF4 with double quantiza
 compute, LoRA r=64 / alpha=16 on all linear layers, paged AdamW 32-bit, constant learning
 rate 2e-4, max grad norm 0.3, loss on the response only.
 
-Load one from YAML with :func:`trainers.config_loading.load_config`; every problem is
+Load one from YAML with :func:`qsweep.trainers.config_loading.load_config`; every problem is
 reported with its key path before any model loads. Example::
 
     qsweep train configs/trial/smollm2-offline.yaml lora.r=16 quant.type=fp4
@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from trainers.assets import ASSETS
-from trainers.data_recipes import RECIPES, TEMPLATES
-from trainers.hashing import json_sha256
+from qsweep.trainers.assets import ASSETS
+from qsweep.trainers.data_recipes import RECIPES, TEMPLATES
+from qsweep.trainers.hashing import json_sha256
 
 Precision = Literal["bf16", "fp16", "fp32"]
 

@@ -19,9 +19,8 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
-
-from trainers.config import ConfigProblems, TrainingConfig
-from trainers.errors import ConfigError
+from qsweep.trainers.config import ConfigProblems, TrainingConfig
+from qsweep.trainers.errors import ConfigError
 
 C = TypeVar("C", bound=TrainingConfig)
 

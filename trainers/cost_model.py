@@ -7,7 +7,7 @@ LoRA r=64 on all linear layers). It is for planning (``qsweep plan`` prints it p
 for accounting: expect ±25%.
 
 Memory (bytes) = base weights (4-bit: 4 bits + 0.5 bit of absmax per parameter, 0.127 with
-double quantization — the same arithmetic as ``trainers.footprint``; 8-bit: 8 bits + scales;
+double quantization — the same arithmetic as ``qsweep.trainers.footprint``; 8-bit: 8 bits + scales;
 16-bit: 2 bytes) + embeddings in 16 bits + LoRA weights, gradients and optimizer state
 (16 bytes per adapter parameter; 10 with 8-bit paged AdamW) + activations + logits.
 Activations per token and layer are ``ACTIVATION_BYTES_PER_HIDDEN`` x hidden size (fitted to
@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainers.config import TrainingConfig
+from qsweep.trainers.config import TrainingConfig
 
 GIB = 2**30
 H100_BF16_FLOPS = 989e12
@@ -147,7 +147,7 @@ class TrainingCost:
 
 
 def weight_bytes(shape: ModelShape, bits: int, double_quant: bool) -> float:
-    """Stored bytes of the base model (see ``trainers.footprint`` for the arithmetic)."""
+    """Stored bytes of the base model (see ``qsweep.trainers.footprint`` for the arithmetic)."""
     if bits == 4:
         linear_bits = 4 + (8 / 64 + 32 / (64 * 256) if double_quant else 32 / 64)
     elif bits == 8:

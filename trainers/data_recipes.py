@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainers import hub
-from trainers.errors import DataError
+from qsweep.trainers import hub
+from qsweep.trainers.errors import DataError
 
 if TYPE_CHECKING:
-    from trainers.config import DataConfig
+    from qsweep.trainers.config import DataConfig
 
 Record = dict[str, Any]
 
@@ -107,7 +107,7 @@ def _flan_v2(cfg: DataConfig) -> list[Record]:
 
 
 def _mmlu_heldout(cfg: DataConfig) -> list[Record]:
-    from trainers import assets, mmlu
+    from qsweep.trainers import assets, mmlu
 
     questions = mmlu.load_questions(assets.ensure("mmlu") / "mmlu.jsonl")
     return [

@@ -1,7 +1,7 @@
 """qsweep's errors and exit codes: one base class, each kind with the exit code it ends in.
 
-The command line (``orchestrator.cli``) prints a :class:`QsweepError`'s message and returns its
-:attr:`~QsweepError.exit_code`; any other exception is a bug and ends in a traceback.
+The command line (``qsweep.orchestrator.cli.main``) prints a :class:`QsweepError`'s message and
+returns its :attr:`~QsweepError.exit_code`; any other exception is a bug and ends in a traceback.
 
 Exit codes: 0 success; 1 a runtime failure (an unreachable hub or store, bad data, a failed
 download, a report that cannot be made); 2 an invalid configuration, reported before anything

@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from trainers.config import TrainingConfig
-from trainers.data_recipes import DataError, Record, default_template, render_prompt
+from qsweep.trainers.config import TrainingConfig
+from qsweep.trainers.data_recipes import DataError, Record, default_template, render_prompt
 
 IGNORE_INDEX = -100
 

@@ -1,7 +1,7 @@
 """Test-only fault injection: real exceptions raised by the trainer on request.
 
 ``QSWEEP_FAULT_OOM="step=2,min_micro_batch=4"`` in a sweep worker's environment makes
-:func:`oom_injector` return a hook that :func:`trainers.loop.fit` calls before each optimizer
+:func:`oom_injector` return a hook that :func:`qsweep.trainers.loop.fit` calls before each optimizer
 step (``before_step``); it raises a real ``torch.OutOfMemoryError`` before step 2 whenever the
 micro-batch is at least 4 — so a sweep's retry with half the micro-batch gets past it, as it
 would past a real out-of-memory error. Unset (always, outside tests), there is no hook and the

@@ -10,7 +10,7 @@ import os
 import urllib.error
 import urllib.request
 
-from trainers.errors import HubUnavailable
+from qsweep.trainers.errors import HubUnavailable
 
 PROBE_TIMEOUT_S = 5.0
 

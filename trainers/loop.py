@@ -29,15 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from trainers import checkpoint as ckpt
-from trainers.config import TrainingConfig
-from trainers.data_recipes import load_records
-from trainers.errors import ResumeMismatch
-from trainers.examples import IGNORE_INDEX, BatchOrder, Example, collate, tokenize
-from trainers.faults import StepHook
-from trainers.metrics import MemoryMeter, StepMetrics, TrainResult
-from trainers.model import (
+from qsweep.trainers import checkpoint as ckpt
+from qsweep.trainers.config import TrainingConfig
+from qsweep.trainers.data_recipes import load_records
+from qsweep.trainers.errors import ResumeMismatch
+from qsweep.trainers.examples import IGNORE_INDEX, BatchOrder, Example, collate, tokenize
+from qsweep.trainers.faults import StepHook
+from qsweep.trainers.metrics import MemoryMeter, StepMetrics, TrainResult
+from qsweep.trainers.model import (
     DTYPES,
     QLoRAModel,
     check_targets,
@@ -46,9 +45,9 @@ from trainers.model import (
     model_source,
     resolve_device,
 )
-from trainers.optim import build_optimizer, build_scheduler
-from trainers.phases import PhaseClock
-from trainers.status import TrialStatus
+from qsweep.trainers.optim import build_optimizer, build_scheduler
+from qsweep.trainers.phases import PhaseClock
+from qsweep.trainers.status import TrialStatus
 
 log = logging.getLogger("qsweep")
 
@@ -102,7 +101,7 @@ def prepare_data(cfg: TrainingConfig, phases: PhaseClock | None = None) -> Train
 
 def load_model(data: TrainingData, cfg: TrainingConfig, phases: PhaseClock | None = None) -> TrainingSetup:
     """Load the quantized model with its adapters onto the trial's device (phases as in
-    :func:`trainers.model.load_qlora_model`)."""
+    :func:`qsweep.trainers.model.load_qlora_model`)."""
     qlora = load_qlora_model(cfg, resolve_device(cfg.train.device), source=data.source, targets=data.targets,
                              tokenizer=data.tokenizer, phases=phases)
     return TrainingSetup(qlora=qlora, examples=data.examples, data_sha256=data.data_sha256)

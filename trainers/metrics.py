@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-
-from trainers.footprint import WeightFootprint
-from trainers.status import TrialStatus
+from qsweep.trainers.footprint import WeightFootprint
+from qsweep.trainers.status import TrialStatus
 
 TrainStatus = Literal[TrialStatus.FINISHED, TrialStatus.NAN]
 

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from trainers import assets, hub
-from trainers.config import LoraConfig, ModelConfig, QuantConfig, TrainingConfig, looks_like_local_path
-from trainers.errors import SetupError
-from trainers.footprint import WeightFootprint, measure
-from trainers.phases import PhaseClock
+from qsweep.trainers import assets, hub
+from qsweep.trainers.config import LoraConfig, ModelConfig, QuantConfig, TrainingConfig, looks_like_local_path
+from qsweep.trainers.errors import SetupError
+from qsweep.trainers.footprint import WeightFootprint, measure
+from qsweep.trainers.phases import PhaseClock
 
 log = logging.getLogger("qsweep")
 

@@ -6,8 +6,7 @@ import math
 from typing import Any
 
 import torch
-
-from trainers.config import TrainConfig
+from qsweep.trainers.config import TrainConfig
 
 _SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 

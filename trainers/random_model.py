@@ -4,7 +4,7 @@ Tests use a tiny one (no download, seconds to train); benchmarks use real shapes
 Llama-3-8B's, created on the machine that runs them. The tokenizer is byte-level (256 byte
 tokens plus <s>, </s>, <pad>), so any text tokenizes without a vocabulary file. Example::
 
-    python -m trainers.random_model --shape llama3-8b --dtype bf16 --device cuda /dev/shm/llama3-8b
+    python -m qsweep.trainers.random_model --shape llama3-8b --dtype bf16 --device cuda /dev/shm/llama3-8b
 """
 
 from __future__ import annotations

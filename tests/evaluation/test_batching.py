@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from qsweep.evaluation.batching import HEADROOM, BatchSizer
+from qsweep.evaluation.config import EvalConfig
+from qsweep.evaluation.harness import evaluate_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from evaluation.batching import HEADROOM, BatchSizer
-from evaluation.config import EvalConfig
-from evaluation.harness import evaluate_model
 
 TASKS = ["mmlu_offline", "perplexity_offline"]
 LONG_CONTEXT = 131_072
@@ -57,7 +56,7 @@ def input_shapes(model: torch.nn.Module) -> list[tuple[int, int]]:
 @pytest.fixture(scope="module")
 def long_context_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Llama with a config that advertises 131,072 positions (as Llama 3.1's does)."""
-    from trainers.random_model import write_random_llama
+    from qsweep.trainers.random_model import write_random_llama
 
     path = write_random_llama(tmp_path_factory.mktemp("models") / "long-context", "tiny", seed=1)
     config = json.loads((path / "config.json").read_text())

@@ -14,9 +14,9 @@ def test_training_after_a_baseline_evaluation_is_unchanged(tiny_config, tmp_path
     forward on CPUs with AVX512-BF16, and that kernel has no backward: training afterwards
     would get no gradient through the frozen layers. The trainer turns the repacking off.
     """
-    from evaluation.config import EvalConfig
-    from evaluation.harness import evaluate_model
-    from trainers.loop import fit, prepare
+    from qsweep.evaluation.config import EvalConfig
+    from qsweep.evaluation.harness import evaluate_model
+    from qsweep.trainers.loop import fit, prepare
 
     cfg = tiny_config(train={"max_steps": 4})
     plain = fit(prepare(cfg), cfg, tmp_path / "plain")
@@ -31,9 +31,9 @@ def test_training_after_a_baseline_evaluation_is_unchanged(tiny_config, tmp_path
 def test_evaluation_runs_frozen_weights_in_the_load_dtype_and_restores_them(tiny_config) -> None:
     """Training upcasts the frozen unquantized weights to float32; evaluation casts them back to
     the dtype they were loaded in (bf16 here) and restores them exactly afterwards."""
-    from evaluation.config import EvalConfig
-    from evaluation.harness import evaluate_model
-    from trainers.loop import prepare
+    from qsweep.evaluation.config import EvalConfig
+    from qsweep.evaluation.harness import evaluate_model
+    from qsweep.trainers.loop import prepare
 
     cfg = tiny_config(model={"dtype": "bf16"}, quant={"compute_dtype": "bf16"})
     model = prepare(cfg).qlora.model

@@ -7,13 +7,12 @@ from pathlib import Path
 import lm_eval
 import pytest
 import yaml
-
-from evaluation import offline_data, task_files
-from evaluation.config import OFFLINE_DEV_PER_SUBJECT, EvalConfig
-from evaluation.harness import check_tasks, expand_tasks, stratified_samples, task_manager
-from evaluation.mmlu_categories import SUBJECT_CATEGORIES, subject_key
-from trainers.errors import SetupError
-from trainers.mmlu import TRAIN_SUBJECTS
+from qsweep.evaluation import offline_data, task_files
+from qsweep.evaluation.config import OFFLINE_DEV_PER_SUBJECT, EvalConfig
+from qsweep.evaluation.harness import check_tasks, expand_tasks, stratified_samples, task_manager
+from qsweep.evaluation.mmlu_categories import SUBJECT_CATEGORIES, subject_key
+from qsweep.trainers.errors import SetupError
+from qsweep.trainers.mmlu import TRAIN_SUBJECTS
 
 LM_EVAL_MMLU = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
 
@@ -37,7 +36,7 @@ def test_prompt_template_is_lm_evals_mmlu() -> None:
 
 def test_generated_task_files_are_up_to_date() -> None:
     on_disk = {p.name: p.read_text() for p in task_files.MMLU_DIR.iterdir() if p.is_file()}
-    assert on_disk == task_files.files(), "run: python -m evaluation.task_files"
+    assert on_disk == task_files.files(), "run: python -m qsweep.evaluation.task_files"
 
 
 def test_dev_and_test_are_disjoint_and_fixed() -> None:
@@ -57,8 +56,8 @@ def test_perplexity_text_is_in_no_training_set() -> None:
     assert len(documents) == 530
     trained = {subject_key(s) for s in TRAIN_SUBJECTS}
     assert not {d["subject"] for d in documents} & trained
-    from trainers.config import DataConfig
-    from trainers.data_recipes import load_records
+    from qsweep.trainers.config import DataConfig
+    from qsweep.trainers.data_recipes import load_records
 
     training_text = "\n".join(r["prompt"] for r in load_records(DataConfig(name="mmlu-heldout")))
     assert not any(d["text"] in training_text for d in documents)

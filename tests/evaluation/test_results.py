@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from evaluation.mmlu_categories import SUBJECT_CATEGORIES
-from evaluation.results import subject_task, summarize
+from qsweep.evaluation.mmlu_categories import SUBJECT_CATEGORIES
+from qsweep.evaluation.results import subject_task, summarize
 
 
 def lm_eval_like(scores: dict[str, list[int]], family: str = "mmlu_offline") -> dict:

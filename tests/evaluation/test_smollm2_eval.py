@@ -12,14 +12,13 @@ import re
 
 import pytest
 import torch
-
-from evaluation import offline_data
-from evaluation.config import EvalConfig
-from evaluation.harness import evaluate_model
-from evaluation.results import subject_task
-from trainers.config_loading import validate
-from trainers.mmlu import LETTERS, format_question, subject_header
-from trainers.model import load_qlora_model
+from qsweep.evaluation import offline_data
+from qsweep.evaluation.config import EvalConfig
+from qsweep.evaluation.harness import evaluate_model
+from qsweep.evaluation.results import subject_task
+from qsweep.trainers.config_loading import validate
+from qsweep.trainers.mmlu import LETTERS, format_question, subject_header
+from qsweep.trainers.model import load_qlora_model
 
 
 @pytest.fixture(scope="module")

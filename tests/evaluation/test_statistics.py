@@ -6,9 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from qsweep.evaluation.statistics import paired_permutation_test, paired_t_test, t_interval
 from scipy import stats
-
-from evaluation.statistics import paired_permutation_test, paired_t_test, t_interval
 
 
 def test_t_interval_matches_the_textbook_formula() -> None:

@@ -8,24 +8,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 QSWEEP = str(Path(sys.executable).parent / "qsweep")
 
 
-def tiny_yaml(tmp_path: Path, model: Path, data: Path, **train) -> Path:
-    raw = {
-        "model": {"name": str(model), "dtype": "fp32"},
-        "quant": {"type": "fp4", "double_quant": True, "compute_dtype": "fp32"},
-        "lora": {"r": 4, "dropout": 0.0},
-        "train": {"max_steps": 5, "micro_batch_size": 4, "grad_accum_steps": 1,
-                  "learning_rate": 1e-2, "optimizer": "adamw", "checkpoint_every": 2,
-                  "gradient_checkpointing": False, "device": "cpu", **train},
-        "data": {"path": str(data)},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+@pytest.fixture
+def tiny_yaml(tmp_path: Path, tiny_trial):
+    """``tiny_yaml(**train)``: an FP4+DQ trial file of 5 steps, ``train`` keys updated."""
+    def write(**train) -> Path:
+        raw = tiny_trial(quant={"type": "fp4", "double_quant": True}, lora={"r": 4},
+                         train={"max_steps": 5, "grad_accum_steps": 1, "checkpoint_every": 2, **train})
+        path = tmp_path / "tiny.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    return write
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -34,9 +33,8 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           check=False)
 
 
-def test_train_shows_progress_and_a_summary(tiny_model_dir: Path, repeated_data: Path,
-                                            tmp_path: Path) -> None:
-    config = tiny_yaml(tmp_path, tiny_model_dir, repeated_data)
+def test_train_shows_progress_and_a_summary(tiny_yaml, tmp_path: Path) -> None:
+    config = tiny_yaml()
     done = run("train", str(config), "lora.r=8", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "FP4+DQ" in done.stdout and "LoRA r=8" in done.stdout
@@ -60,10 +58,8 @@ def test_train_shows_progress_and_a_summary(tiny_model_dir: Path, repeated_data:
     assert again.returncode == 0 and "resumed at 5" in again.stdout
 
 
-def test_nan_trial_exits_3_with_its_reason(tiny_model_dir: Path, repeated_data: Path,
-                                          tmp_path: Path) -> None:
-    config = tiny_yaml(tmp_path, tiny_model_dir, repeated_data, learning_rate=1e30,
-                       max_grad_norm=0, max_steps=10)
+def test_nan_trial_exits_3_with_its_reason(tiny_yaml, tmp_path: Path) -> None:
+    config = tiny_yaml(learning_rate=1e30, max_grad_norm=0, max_steps=10)
     done = run("train", str(config), cwd=tmp_path)
     assert done.returncode == 3, done.stderr
     assert "nan" in done.stdout and "became" in done.stdout

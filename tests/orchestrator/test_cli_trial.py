@@ -18,19 +18,12 @@ QSWEEP = str(Path(sys.executable).parent / "qsweep")
 
 
 @pytest.fixture(scope="module")
-def local_trial(tiny_model_dir: Path, repeated_data: Path, tmp_path_factory: pytest.TempPathFactory):
+def local_trial(tiny_trial, tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("cli-trial")
     config = home / "tiny.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
-        "quant": {"compute_dtype": "fp32"},
-        "lora": {"r": 8, "dropout": 0.0},
-        "train": {"max_steps": 4, "micro_batch_size": 4, "grad_accum_steps": 1, "learning_rate": 1e-2,
-                  "optimizer": "adamw", "checkpoint_every": 0, "gradient_checkpointing": False,
-                  "device": "cpu"},
-        "data": {"path": str(repeated_data)},
-        "eval": {"tasks": ["perplexity_offline"], "limit": 3, "baseline": True},
-    }))
+    config.write_text(yaml.safe_dump(tiny_trial(
+        train={"max_steps": 4, "grad_accum_steps": 1},
+        eval={"tasks": ["perplexity_offline"], "limit": 3, "baseline": True})))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     done = subprocess.run([QSWEEP, "trial", str(config), "--root", "runs"], cwd=home, capture_output=True,
                           text=True, env={**env, "COLUMNS": "200"}, check=False)

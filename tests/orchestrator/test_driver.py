@@ -18,15 +18,14 @@ import optuna
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-
-from orchestrator.cluster import TrialCrashed, TrialResources
-from orchestrator.planning import load_plan
-from orchestrator.search import StudyStore, sqlite_url
-from orchestrator.sweep import SweepDriver, smaller_micro_batch
-from orchestrator.sweep_dir import SweepDir
-from orchestrator.tracking import MlflowTracker
-from orchestrator.worker import TrialOutcome, TrialRequest
-from trainers.checkpoint import STATE_FILE, discard_other_configs
+from qsweep.orchestrator.adapters.cluster import TrialCrashed, TrialResources
+from qsweep.orchestrator.adapters.search import StudyStore, sqlite_url
+from qsweep.orchestrator.adapters.tracking import MlflowTracker
+from qsweep.orchestrator.sweep.driver import SweepDriver, smaller_micro_batch
+from qsweep.orchestrator.sweep.planning import load_plan
+from qsweep.orchestrator.sweep.sweep_dir import SweepDir
+from qsweep.orchestrator.trial.worker import TrialOutcome, TrialRequest
+from qsweep.trainers.checkpoint import STATE_FILE, discard_other_configs
 
 Behave = Callable[[TrialRequest, int], Any]
 """How a trial ends, given its request and its attempt (1, 2, ...): a TrialOutcome, or an
@@ -105,17 +104,14 @@ def out_of_memory(request: TrialRequest) -> TrialOutcome:
 
 
 @pytest.fixture
-def sweep(tmp_path: Path, tiny_model_dir: Path, repeated_data: Path) -> Callable[..., Any]:
+def sweep(tmp_path: Path, tiny_trial) -> Callable[..., Any]:
     """``sweep(behave, ...)`` -> (driver, cluster): a 2 data types x 2 seeds sweep of the tiny
     model, its directory, Optuna storage and MLflow store under ``tmp_path``; a second call
     with the same name resumes it, as ``qsweep resume`` would."""
     spec = {
         "name": "fake", "seeds": [0, 1], "oom_retries": 2,
         "grid": {"data_type": {"NF4": {"quant.type": "nf4"}, "FP4": {"quant.type": "fp4"}}},
-        "trial": {"model": {"name": str(tiny_model_dir), "dtype": "fp32"}, "quant": {"compute_dtype": "fp32"},
-                  "lora": {"r": 4}, "train": {"max_steps": 2, "micro_batch_size": 4, "grad_accum_steps": 1,
-                                              "device": "cpu"},
-                  "data": {"path": str(repeated_data)}, "eval": {"tasks": []}},
+        "trial": tiny_trial(lora={"r": 4}, train={"max_steps": 2, "grad_accum_steps": 1}, eval={"tasks": []}),
         "storage": {"tracking": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "fake"},
     }
     spec_file = tmp_path / "fake.yaml"

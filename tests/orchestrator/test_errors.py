@@ -4,11 +4,10 @@ command line returns, in one place, with its message and no traceback."""
 from __future__ import annotations
 
 import pytest
-
-import orchestrator.commands.plan as plan_command
-from orchestrator.cli import main
-from trainers import errors
-from trainers.errors import (
+import qsweep.orchestrator.cli.commands.plan as plan_command
+from qsweep.orchestrator.cli.main import main
+from qsweep.trainers import errors
+from qsweep.trainers.errors import (
     AssetError,
     ConfigError,
     DataError,

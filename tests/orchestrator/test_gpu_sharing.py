@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-
-from orchestrator.cluster import Capacity
-from orchestrator.gpu_turns import GIB, GpuTurns, MemoryNeeds
-from orchestrator.launch import trial_resources
-from orchestrator.spec import Resources
-from orchestrator.tracking import MlflowTracker
-from orchestrator.trial import run_trial
-from orchestrator.usage import Usage
+from qsweep.orchestrator.adapters.cluster import Capacity
+from qsweep.orchestrator.adapters.tracking import MlflowTracker
+from qsweep.orchestrator.sweep.launch import trial_resources
+from qsweep.orchestrator.sweep.spec import Resources
+from qsweep.orchestrator.sweep.usage import Usage
+from qsweep.orchestrator.trial.gpu_turns import GIB, GpuTurns, MemoryNeeds
+from qsweep.orchestrator.trial.runner import run_trial
 
 NODE = Capacity(gpus=4, cpus=64, cpus_per_gpu=16)
 
@@ -178,7 +177,7 @@ def test_the_holder_evaluates_only_after_a_load_in_progress_and_nobody_loads_whi
 HOLDER_SCRIPT = """
 import sys, time
 from pathlib import Path
-from orchestrator.gpu_turns import GIB, GpuTurns, MemoryNeeds
+from qsweep.orchestrator.trial.gpu_turns import GIB, GpuTurns, MemoryNeeds
 turns = GpuTurns("0", Path(sys.argv[1]), free_bytes=lambda: 0, total_bytes=lambda: 100 * GIB,
                  reserved_bytes=lambda: GIB, release_cached=lambda: None)
 turns.wait_to_load(MemoryNeeds(2 * GIB, 4 * GIB))

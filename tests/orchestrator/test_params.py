@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
-
-from orchestrator.reporting import _structured
-from orchestrator.tracking import MlflowTracker
+from qsweep.orchestrator.adapters.tracking import MlflowTracker
+from qsweep.orchestrator.report.reporting import _structured
 
 
 def test_structured_params_are_json_and_scalars_plain_text(tmp_path: Path) -> None:

@@ -6,23 +6,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from orchestrator.planning import load_plan
-from trainers.errors import ConfigError
+from qsweep.orchestrator.sweep.planning import load_plan
+from qsweep.trainers.errors import ConfigError
 
 
 @pytest.fixture
-def write_spec(tmp_path: Path, tiny_model_dir: Path, repeated_data: Path):
+def write_spec(tmp_path: Path, tiny_trial):
     """Write a spec over the tiny model: ``write_spec(grid={...}, seeds=[...])`` -> path."""
     def write(**spec) -> Path:
-        data = {
-            "name": "unit",
-            "trial": {"model": {"name": str(tiny_model_dir), "dtype": "fp32"},
-                      "quant": {"compute_dtype": "fp32"},
-                      "train": {"max_steps": 2, "device": "cpu"},
-                      "data": {"path": str(repeated_data)}, "eval": {"tasks": []}},
-            **spec,
-        }
+        data = {"name": "unit", "trial": tiny_trial(train={"max_steps": 2}, eval={"tasks": []}), **spec}
         path = tmp_path / "spec.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
@@ -147,7 +139,7 @@ def test_search_axes_and_samplers_are_checked(write_spec) -> None:
 
 
 def test_plan_command_prints_cells_and_total(write_spec, capsys) -> None:
-    from orchestrator.cli import main
+    from qsweep.orchestrator.cli.main import main
 
     path = write_spec(grid={"quant.type": ["nf4", "fp4"]}, seeds=[0, 1])
     assert main(["plan", str(path)]) == 0
@@ -193,7 +185,7 @@ def test_shipped_specs_plan_and_headers_state_their_estimate(spec: str, tmp_path
     GPU-hours that ``qsweep plan`` prints (the FLAN v2 file they need is stood in for here)."""
     import re
 
-    from orchestrator.cli import main
+    from qsweep.orchestrator.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()

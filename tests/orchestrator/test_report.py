@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from qsweep.orchestrator.adapters.tracking import MlflowTracker
+from qsweep.orchestrator.cli.main import main
 from scipy import stats
-
-from orchestrator.cli import main
-from orchestrator.tracking import MlflowTracker
 
 # (data type, model, dataset) -> per-seed (final accuracy, step-0 perplexity); FP4/7B/alpaca
 # seed 2 failed.

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from orchestrator.planning import load_plan
-from orchestrator.search import StudyStore
+from qsweep.orchestrator.adapters.search import StudyStore
+from qsweep.orchestrator.sweep.planning import load_plan
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -23,11 +22,10 @@ def storage(request, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def plan(tmp_path: Path, tiny_model_dir: Path, repeated_data: Path):
+def plan(tmp_path: Path, tiny_trial):
     spec = {
         "name": f"search-{tmp_path.name}",
-        "trial": {"model": {"name": str(tiny_model_dir)}, "data": {"path": str(repeated_data)},
-                  "train": {"max_steps": 10}, "eval": {"tasks": []}},
+        "trial": tiny_trial(train={"max_steps": 10}, eval={"tasks": []}),
         "grid": {"quant.type": ["nf4", "fp4"]},
         "seeds": [0, 1],
         "search": {"n_trials": 4, "sampler": "tpe",
@@ -82,7 +80,7 @@ def test_the_median_pruner_stops_a_trial_behind_the_others(storage: str, plan) -
 
 
 def test_queued_parameters_come_first_once(storage: str, plan, tmp_path: Path) -> None:
-    from orchestrator.spec import SweepSpec
+    from qsweep.orchestrator.sweep.spec import SweepSpec
 
     data = plan.spec.model_dump(mode="json")
     data["search"]["enqueue"] = [{"train.learning_rate": 1e-3, "lora.target_modules": ["q_proj", "v_proj"]}]
@@ -104,9 +102,8 @@ def test_samplers_are_seeded_per_study(storage: str, plan, tmp_path: Path) -> No
 
 def test_one_registry_names_the_samplers_and_pruners_the_spec_accepts_and_optuna_builds() -> None:
     import optuna
-
-    from orchestrator.search import PRUNER_BUILDERS, SAMPLER_BUILDERS, pruner, sampler
-    from orchestrator.spec import PRUNERS, SAMPLERS, PrunerSpec, SearchSpec, SweepSpec
+    from qsweep.orchestrator.adapters.search import PRUNER_BUILDERS, SAMPLER_BUILDERS, pruner, sampler
+    from qsweep.orchestrator.sweep.spec import PRUNERS, SAMPLERS, PrunerSpec, SearchSpec, SweepSpec
 
     assert list(SAMPLER_BUILDERS) == list(SAMPLERS) and list(PRUNER_BUILDERS) == list(PRUNERS)
     expected = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,

@@ -22,28 +22,19 @@ import optuna
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-
-from orchestrator.planning import load_plan
+from qsweep.orchestrator.sweep.planning import load_plan
 
 QSWEEP = str(Path(sys.executable).parent / "qsweep")
 
 
 @pytest.fixture
-def sweep_spec(tmp_path: Path, tiny_model_dir: Path, repeated_data: Path, mlflow_server: str):
+def sweep_spec(tmp_path: Path, tiny_trial, mlflow_server: str):
     """Write a sweep spec over the tiny model, recorded in the MLflow server."""
     def write(name: str, *, train: dict[str, Any] | None = None, **spec: Any) -> Path:
         data = {
             "name": name,
-            "trial": {
-                "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
-                "quant": {"compute_dtype": "fp32"},
-                "lora": {"r": 8, "dropout": 0.0},
-                "train": {"max_steps": 4, "micro_batch_size": 4, "grad_accum_steps": 1, "learning_rate": 1e-2,
-                          "optimizer": "adamw", "checkpoint_every": 2, "gradient_checkpointing": False,
-                          "device": "cpu", **(train or {})},
-                "data": {"path": str(repeated_data)},
-                "eval": {"tasks": []},
-            },
+            "trial": tiny_trial(eval={"tasks": []}, train={"max_steps": 4, "grad_accum_steps": 1,
+                                                           "checkpoint_every": 2, **(train or {})}),
             "storage": {"tracking": mlflow_server, "experiment": f"sweep-{name}", **spec.pop("storage", {})},
             **spec,
         }

@@ -13,12 +13,11 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from qsweep.orchestrator.adapters.tracking import MlflowTracker, TrackingUnavailable, check_reachable, redact
+from qsweep.orchestrator.trial.runner import Pruning, run_trial
+from qsweep.trainers.data_recipes import load_records
+from qsweep.trainers.loop import records_sha256
 from safetensors.torch import load_file
-
-from orchestrator.tracking import MlflowTracker, TrackingUnavailable, check_reachable, redact
-from orchestrator.trial import Pruning, run_trial
-from trainers.data_recipes import load_records
-from trainers.loop import records_sha256
 
 SECRET = "s3cret-pa55"
 
@@ -28,24 +27,18 @@ def with_credentials(uri: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def finished_trial(mlflow_server: str, tiny_model_dir: Path, repeated_data: Path,
-                   tmp_path_factory: pytest.TempPathFactory):
+def finished_trial(mlflow_server: str, tiny_trial, tmp_path_factory: pytest.TempPathFactory):
     """One tiny trial with baseline and final evaluation, recorded in the server."""
-    from orchestrator.config import TrialConfig
-    from trainers.config_loading import validate
+    from qsweep.orchestrator.trial.config import TrialConfig
+    from qsweep.trainers.config_loading import validate
 
-    cfg = validate({
-        "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
-        "quant": {"type": "nf4", "double_quant": True, "compute_dtype": "fp32"},
-        "lora": {"r": 8, "dropout": 0.0},
-        "train": {"max_steps": 6, "micro_batch_size": 4, "grad_accum_steps": 1, "learning_rate": 1e-2,
-                  "optimizer": "adamw", "checkpoint_every": 3, "gradient_checkpointing": False,
-                  "device": "cpu"},
-        "data": {"path": str(repeated_data)},
-        "eval": {"tasks": ["mmlu_offline", "perplexity_offline"], "limit": 1, "num_fewshot": 1,
-                 "baseline": True},
-        "tracking": {"uri": with_credentials(mlflow_server), "experiment": "trial-test"},
-    }, TrialConfig)
+    cfg = validate(tiny_trial(
+        quant={"type": "nf4", "double_quant": True},
+        train={"max_steps": 6, "grad_accum_steps": 1, "checkpoint_every": 3},
+        eval={"tasks": ["mmlu_offline", "perplexity_offline"], "limit": 1, "num_fewshot": 1,
+              "baseline": True},
+        tracking={"uri": with_credentials(mlflow_server), "experiment": "trial-test"},
+    ), TrialConfig)
     tracker = MlflowTracker.start(cfg.tracking.uri, cfg.tracking.experiment, "tiny")
     workdir = tmp_path_factory.mktemp("trial")
     started = time.perf_counter()
@@ -91,9 +84,8 @@ def test_adapter_config_and_fingerprint_come_back_as_artifacts(finished_trial, m
                                                                tiny_model_dir, repeated_data,
                                                                tmp_path: Path) -> None:
     import peft
+    from qsweep.trainers.model import bnb_config
     from transformers import AutoModelForCausalLM
-
-    from trainers.model import bnb_config
 
     cfg, result, tracker, _ = finished_trial
     client = MlflowClient(mlflow_server)
@@ -129,7 +121,7 @@ def test_adapter_config_and_fingerprint_come_back_as_artifacts(finished_trial, m
 
 
 def test_phase_timings_are_recorded_in_mlflow_and_result_json(finished_trial, mlflow_server) -> None:
-    from trainers.phases import COMPUTE_PHASES, PHASES
+    from qsweep.trainers.phases import COMPUTE_PHASES, PHASES
 
     _, result, tracker, wall_s = finished_trial
     phases = result.phases
@@ -202,7 +194,7 @@ def test_cli_stops_before_training_when_the_server_is_down(tiny_model_dir, repea
         "model": {"name": str(tiny_model_dir)}, "data": {"path": str(repeated_data)},
         "train": {"device": "cpu"}, "eval": {"tasks": ["perplexity_offline"]},
         "tracking": {"uri": f"http://dave:{SECRET}@127.0.0.1:{closed_port}"}}))
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "trial", str(config),
+    done = subprocess.run([sys.executable, "-m", "qsweep.orchestrator.cli", "trial", str(config),
                            f"--root={tmp_path / 'runs'}"], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "300"}, check=False)
     assert done.returncode == 1

@@ -11,8 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from trainers import assets
+from qsweep.trainers import assets
 
 
 @pytest.fixture
@@ -86,11 +85,11 @@ def test_concurrent_fetches_download_once(cache: Path) -> None:
 
 
 def test_cli_lists_assets(cache: Path) -> None:
-    command = [sys.executable, "-m", "orchestrator.cli", "assets", "list"]
+    command = [sys.executable, "-m", "qsweep.orchestrator.cli", "assets", "list"]
     env = {**os.environ, "COLUMNS": "200"}
     before = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
     assert "mmlu" in before and "not fetched" in before
-    subprocess.run([sys.executable, "-m", "orchestrator.cli", "assets", "fetch", "mmlu"],
+    subprocess.run([sys.executable, "-m", "qsweep.orchestrator.cli", "assets", "fetch", "mmlu"],
                    capture_output=True, text=True, env=env, check=True)
     after = subprocess.run([*command, "--verify"], capture_output=True, text=True, env=env,
                            check=True).stdout

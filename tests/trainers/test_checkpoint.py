@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from trainers.checkpoint import latest_checkpoint, read_state
-from trainers.loop import ResumeMismatch, train
+from qsweep.trainers.checkpoint import latest_checkpoint, read_state
+from qsweep.trainers.loop import ResumeMismatch, train
 
 # Dropout and paged AdamW make the RNG and the bitsandbytes optimizer state part of what a
 # checkpoint must restore; micro-batches of 3 over 8 examples cross epoch boundaries mid-step.
@@ -82,20 +81,13 @@ def test_resume_refuses_a_different_config(tiny_config, tmp_path: Path) -> None:
 
 
 def test_cli_run_killed_with_sigkill_resumes_with_the_same_losses(
-        tiny_model_dir: Path, repeated_data: Path, tiny_config, tmp_path: Path) -> None:
-    raw = {
-        "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
-        "quant": {"compute_dtype": "fp32"},
-        "lora": {"r": 8, "dropout": 0.1},
-        "train": {"max_steps": 150, "micro_batch_size": 3, "grad_accum_steps": 2,
-                  "learning_rate": 1e-2, "optimizer": "adamw", "checkpoint_every": 5,
-                  "gradient_checkpointing": False, "device": "cpu"},
-        "data": {"path": str(repeated_data)},
-    }
+        tiny_trial, tiny_config, tmp_path: Path) -> None:
+    raw = tiny_trial(lora={"dropout": 0.1},
+                     train={"max_steps": 150, "micro_batch_size": 3, "checkpoint_every": 5})
     config = tmp_path / "trial.yaml"
     config.write_text(yaml.safe_dump(raw))
     workdir = tmp_path / "run"
-    command = [sys.executable, "-m", "orchestrator.cli", "train", str(config), f"--workdir={workdir}"]
+    command = [sys.executable, "-m", "qsweep.orchestrator.cli", "train", str(config), f"--workdir={workdir}"]
     env = {**os.environ, "COLUMNS": "120"}
 
     victim = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)

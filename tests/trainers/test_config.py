@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from trainers.config_loading import load_config, validate
-from trainers.errors import ConfigError
+from qsweep.trainers.config_loading import load_config, validate
+from qsweep.trainers.errors import ConfigError
 
 
 def write(tmp_path: Path, data: dict | str) -> Path:
@@ -154,7 +153,7 @@ def test_cli_reports_every_problem_and_exits_2_before_loading(tmp_path: Path) ->
                               "quant": {"bits": 16, "type": "fp4"},
                               "data": {"path": "missing.jsonl"}})
     cache = tmp_path / "empty-cache"
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", str(config),
+    done = subprocess.run([sys.executable, "-m", "qsweep.orchestrator.cli", "train", str(config),
                            "train.max_steps=-3", f"--workdir={tmp_path / 'run'}"],
                           capture_output=True, text=True, cwd=tmp_path, check=False,
                           env={**os.environ, "QSWEEP_CACHE_DIR": str(cache)})

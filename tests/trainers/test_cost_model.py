@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from trainers.config import TrainingConfig
-from trainers.cost_model import GIB, KNOWN_SHAPES, shape_of, training_cost, weight_bytes
-from trainers.model import load_qlora_model
+from qsweep.trainers.config import TrainingConfig
+from qsweep.trainers.cost_model import GIB, KNOWN_SHAPES, shape_of, training_cost, weight_bytes
+from qsweep.trainers.model import load_qlora_model
 
 # The plain transformers + bitsandbytes + peft loop measured on one H100 80GB, Llama-3-8B shape,
 # seq 1024, LoRA r=64 on all linear layers (bench/README.md, "Training throughput and memory on

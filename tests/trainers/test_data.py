@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from trainers.config_loading import validate
-from trainers.data_recipes import DataError, load_records, render_prompt
-from trainers.examples import IGNORE_INDEX, BatchOrder, collate, tokenize
-from trainers.hub import HubUnavailable
-from trainers.model import load_tokenizer
+from qsweep.trainers.config_loading import validate
+from qsweep.trainers.data_recipes import DataError, load_records, render_prompt
+from qsweep.trainers.examples import IGNORE_INDEX, BatchOrder, collate, tokenize
+from qsweep.trainers.hub import HubUnavailable
+from qsweep.trainers.model import load_tokenizer
 
 
 @pytest.fixture
@@ -91,7 +90,7 @@ def test_alpaca_template_with_and_without_input() -> None:
 
 
 def test_offline_mmlu_recipe_holds_only_the_training_subjects(tiny_model_dir: Path) -> None:
-    from trainers.mmlu import TRAIN_SUBJECTS
+    from qsweep.trainers.mmlu import TRAIN_SUBJECTS
 
     records = load_records(data_config(tiny_model_dir, name="mmlu-heldout").data)
     assert len(records) == 2030
@@ -138,7 +137,7 @@ def test_cli_names_the_offline_alternative_without_a_traceback(
                                       "data": {"name": "alpaca"}, "train": {"device": "cpu"}}))
     env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{closed_port}", "COLUMNS": "400"}
     env.pop("HF_HUB_OFFLINE", None)
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", str(config),
+    done = subprocess.run([sys.executable, "-m", "qsweep.orchestrator.cli", "train", str(config),
                            f"--workdir={tmp_path / 'run'}"],
                           capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 1

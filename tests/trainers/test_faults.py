@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from trainers.faults import OOM_VARIABLE, oom_injector
+from qsweep.trainers.faults import OOM_VARIABLE, oom_injector
 
 
 def test_the_oom_injector_exists_only_when_asked_for_and_raises_a_real_oom() -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from trainers.footprint import WeightFootprint
-from trainers.metrics import TrainResult
-from trainers.status import TrialStatus
+from qsweep.trainers.footprint import WeightFootprint
+from qsweep.trainers.metrics import TrainResult
+from qsweep.trainers.status import TrialStatus
 
 
 def result(final_loss: float | None) -> TrainResult:

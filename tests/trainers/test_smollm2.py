@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from trainers import assets
-from trainers.config_loading import validate
-from trainers.loop import fit, prepare
+from qsweep.trainers import assets
+from qsweep.trainers.config_loading import validate
+from qsweep.trainers.loop import fit, prepare
 
 MODEL = "smollm2-135m-instruct"
 
@@ -35,9 +34,8 @@ def test_converted_model_knows_the_capital_of_france(smollm2_dir: Path) -> None:
 
 def test_nf4_steps_train_and_the_adapter_reloads(smollm2_dir: Path, tmp_path: Path) -> None:
     import peft
+    from qsweep.trainers.model import bnb_config, keep_4bit_layers_trainable
     from transformers import AutoModelForCausalLM
-
-    from trainers.model import bnb_config, keep_4bit_layers_trainable
 
     cfg = validate({
         "model": {"name": MODEL, "dtype": "fp32"},

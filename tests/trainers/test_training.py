@@ -7,10 +7,9 @@ from pathlib import Path
 import bitsandbytes as bnb
 import pytest
 import torch
-
-from trainers.errors import SetupError
-from trainers.loop import fit, prepare, train
-from trainers.model import load_qlora_model
+from qsweep.trainers.errors import SetupError
+from qsweep.trainers.loop import fit, prepare, train
+from qsweep.trainers.model import load_qlora_model
 
 DATA_TYPES = {
     "nf4": {"bits": 4, "type": "nf4", "double_quant": False},

@@ -1,3 +1,3 @@
 """Entry points for the task YAML beside this file (lm-eval loads it by path)."""
 
-from evaluation.offline_data import perplexity_dataset  # noqa: F401
+from qsweep.evaluation.offline_data import perplexity_dataset  # noqa: F401

@@ -1,0 +1,254 @@
+"""MLflow tracking: the one module of qsweep that imports mlflow.
+
+A :class:`MlflowTracker` records one run through ``MlflowClient`` (no global "active run"
+state, so several trials in one process, or runs created elsewhere, do not interfere). The
+tracking URI comes from the config, else ``$MLFLOW_TRACKING_URI``, else a SQLite store in the
+runs root (``qsweep-runs/mlflow.db``, artifacts in ``qsweep-runs/mlartifacts``). An
+``http://`` server works the same; run it with ``--serve-artifacts`` so trial machines send
+artifacts through it and need no shared disk.
+
+Credentials never leave this module in clear: :func:`redact` masks the user, password and
+secret-looking query values of any URI before it is printed or logged.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from qsweep.trainers.errors import TrackingUnavailable
+from qsweep.trainers.hub import PROBE_TIMEOUT_S
+
+_SECRET_KEYS = ("token", "password", "passwd", "secret", "key", "auth", "credential", "sig")
+
+
+def redact(uri: str) -> str:
+    """``uri`` with user, password and secret-looking query values replaced by ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    secret_query = any(any(s in k.lower() for s in _SECRET_KEYS) for k, _ in query)
+    if "@" not in netloc and not secret_query:
+        return uri  # nothing to hide (and sqlite:///path keeps its three slashes)
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    cleaned = [(k, "***" if any(s in k.lower() for s in _SECRET_KEYS) else v) for k, v in query]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path,
+                                    urllib.parse.urlencode(cleaned, safe="*"), parts.fragment))
+
+
+def scrub(text: str, uri: str) -> str:
+    """``text`` with the password and user of ``uri`` masked wherever they appear."""
+    parts = urllib.parse.urlsplit(uri)
+    for secret in (parts.password, parts.username):
+        if secret:
+            text = text.replace(secret, "***").replace(urllib.parse.unquote(secret), "***")
+    return text.replace(uri, redact(uri))
+
+
+def resolve_uri(configured: str | None, root: Path) -> str:
+    """The tracking URI: the config's, else ``$MLFLOW_TRACKING_URI``, else SQLite under ``root``."""
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def local_artifact_root(uri: str) -> str | None:
+    """Where a SQLite store keeps artifacts: ``mlartifacts`` beside the database file."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, before any training, if the tracking store cannot be used."""
+    if uri.startswith(("http://", "https://")):
+        health = uri.rstrip("/") + "/health"
+        try:
+            urllib.request.urlopen(health, timeout=PROBE_TIMEOUT_S)  # noqa: S310 (http only)
+        except urllib.error.HTTPError as err:
+            if err.code in (401, 403):
+                return  # reachable; authentication is MLflow's to check
+            raise TrackingUnavailable(f"MLflow tracking server {redact(uri)} answered "
+                                      f"{err.code} to {redact(health)}") from None
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise TrackingUnavailable(
+                f"cannot reach the MLflow tracking server at {redact(uri)} ({reason}); start it "
+                "or set tracking.uri to another store (unset, runs are recorded locally)"
+            ) from None
+        return
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingUnavailable(f"cannot create the local MLflow store in {folder}: {err}") from None
+        return
+    try:
+        _client(uri).search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 - any failure here means "unusable store"
+        raise TrackingUnavailable(f"cannot use the MLflow tracking store {redact(uri)}: "
+                                  f"{type(err).__name__}") from None
+
+
+@functools.cache
+def _client(uri: str) -> Any:
+    # One client per store and process: creating one costs ~0.1 s, and a sweep driver makes
+    # several calls per trial.
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+_experiment_ids: dict[tuple[str, str], str] = {}
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
+
+def experiment_id(client: Any, name: str, artifact_root: str | None) -> str:
+    """The id of experiment ``name``, created if needed (safe against concurrent creators)."""
+    from mlflow.exceptions import MlflowException
+
+    cached = _experiment_ids.get((client.tracking_uri, name))
+    if cached is not None:
+        return cached
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        identifier = found.experiment_id
+    else:
+        try:
+            # The kind makes the MLflow UI open on the runs table (model training), not on the
+            # GenAI traces overview that it infers for an experiment without one.
+            identifier = client.create_experiment(name, artifact_location=artifact_root,
+                                                  tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
+        except MlflowException:
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            identifier = found.experiment_id
+    _experiment_ids[(client.tracking_uri, name)] = identifier
+    return identifier
+
+
+def find_runs(uri: str, experiment: str, tags: dict[str, str]) -> list[Any]:
+    """Every run of ``experiment`` whose tags have these values (all pages), oldest first."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    runs, token = [], None
+    while True:
+        page = client.search_runs([found.experiment_id], filter_string=query, max_results=1000,
+                                  page_token=token, order_by=["attributes.start_time ASC"])
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+class MlflowTracker:
+    """One MLflow run, written through ``MlflowClient``. Create with :meth:`start`."""
+
+    def __init__(self, client: Any, run_id: str, experiment: str, uri: str):
+        self.client = client
+        self.run_id = run_id
+        self.experiment_id = experiment
+        self.uri = uri
+
+    @classmethod
+    def start(cls, uri: str, experiment: str, run_name: str, tags: dict[str, str] | None = None,
+              parent_run_id: str | None = None) -> MlflowTracker:
+        """Create a run in ``experiment`` (nested under ``parent_run_id`` when given)."""
+        client = _client(uri)
+        exp_id = experiment_id(client, experiment, local_artifact_root(uri))
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        return cls(client, run.info.run_id, exp_id, uri)
+
+    @classmethod
+    def attach(cls, uri: str, run_id: str) -> MlflowTracker:
+        """Write to an existing run (created by the sweep driver, maybe on another machine)."""
+        client = _client(uri)
+        run = client.get_run(run_id)
+        return cls(client, run_id, run.info.experiment_id, uri)
+
+    @property
+    def ui_url(self) -> str | None:
+        """Link to the run in the MLflow UI of an http(s) server; None for local stores."""
+        if self.uri.startswith(("http://", "https://")):
+            base = redact(self.uri).rstrip("/")
+            return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log params not logged yet (a retried trial's run already holds its first ones)."""
+        from mlflow.entities import Param
+
+        logged = self.client.get_run(self.run_id).data.params
+        items = [Param(k, _param_value(v)) for k, v in params.items() if k not in logged]
+        for chunk in _chunks(items, 100):
+            self.client.log_batch(self.run_id, params=chunk)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for chunk in _chunks(items, 1000):
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def last_logged_step(self, metric: str) -> int:
+        """The highest step at which ``metric`` was logged (0 when never)."""
+        return max((m.step for m in self.client.get_metric_history(self.run_id, metric)), default=0)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str) -> None:
+        """End the run: FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(self.run_id, status=status)
+
+    def reopen(self) -> None:
+        """Mark an ended run as running again (a sweep resumed it)."""
+        self.client.update_run(self.run_id, status="RUNNING")
+
+
+def _param_value(value: Any) -> str:
+    """A param as MLflow stores it: structured values (lists, mappings) as JSON, others as text."""
+    if isinstance(value, (list, tuple, dict)):
+        text = json.dumps(value, default=str)
+    else:
+        text = "null" if value is None else str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

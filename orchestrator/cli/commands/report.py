@@ -1,0 +1,109 @@
+"""``qsweep report SWEEP``: ablation tables and plots of a sweep, from its MLflow records.
+
+Without --preset, --rows or --metric it builds the tables that the spec's ``reports`` section
+lists. Seeds are aggregated as mean ± 95% t-interval with n; incomplete cells are marked. Outputs go
+to the terminal, to ``<root>/reports/<sweep>/`` (Markdown, LaTeX, CSV, PNG) and to the sweep's
+parent run in MLflow (``report/``). Examples::
+
+    qsweep report demo --preset table2
+    qsweep report demo --preset table4 --metric eval/mmlu_offline/acc --columns model
+    qsweep report my-sweep --tracking-uri http://mlflow:5000 --rows data_type --metric eval/mmlu/acc
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from qsweep.orchestrator.cli.commands import DEFAULT_ROOT
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("report", help="tables and plots of a sweep from MLflow",
+                                 description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep", help="sweep name (a local sweep directory supplies its MLflow store)")
+    parser.add_argument("--preset", choices=["table2", "table4"], help="the paper's layouts")
+    parser.add_argument("--rows", help="grid axis of the rows")
+    parser.add_argument("--columns", help="grid axes of the columns, comma-separated")
+    parser.add_argument("--metric", help="metric of the trial runs; NAME@0 for its step-0 value")
+    parser.add_argument("--scale", type=float, help="display factor (100 for percentages)")
+    parser.add_argument("--compare", nargs=2, metavar=("ROW_A", "ROW_B"), help="paired test of two rows")
+    parser.add_argument("--name", help="file stem of the outputs")
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"runs root (default {DEFAULT_ROOT})")
+    parser.add_argument("--tracking-uri", help="MLflow store of a sweep run elsewhere "
+                                               "(default: the local sweep's, else $MLFLOW_TRACKING_URI)")
+    parser.add_argument("--experiment",
+                        help="its MLflow experiment (default: the local sweep's, else qsweep)")
+    parser.add_argument("--out", type=Path, help="output directory (default <root>/reports/<sweep>)")
+    parser.add_argument("--no-log", action="store_true", help="do not log the outputs on the parent run")
+    parser.set_defaults(handler=run)
+
+
+def _where(args: argparse.Namespace) -> tuple[str, str, list[Any]]:
+    """(tracking URI, experiment, the spec's report layouts) of the sweep."""
+    from qsweep.orchestrator.sweep.sweep_dir import SweepDir
+
+    directory = SweepDir.of(args.root, args.sweep)
+    if directory.exists() and not args.tracking_uri:
+        from qsweep.orchestrator.sweep.launch import resolve_storage
+        from qsweep.orchestrator.sweep.planning import load_plan
+
+        plan = load_plan(directory.spec_file)
+        _, uri, experiment = resolve_storage(plan, directory, args.root.resolve())
+        return uri, args.experiment or experiment, list(plan.spec.reports)
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        from qsweep.orchestrator.report.reporting import ReportError
+
+        raise ReportError(f"no local sweep {args.sweep!r} in {args.root}: pass --tracking-uri (or set "
+                          "MLFLOW_TRACKING_URI) and --experiment")
+    return uri, args.experiment or "qsweep", []
+
+
+def publish(uri: str, experiment: str, sweep: str, layouts: list[Any], out: Path, log: bool = True) -> None:
+    """Build each layout's table from the sweep's MLflow records, print it, write its files to
+    ``out`` and (``log``) log them on the sweep's parent run under ``report/``."""
+    from qsweep.orchestrator.adapters.tracking import MlflowTracker
+    from qsweep.orchestrator.cli.console import console, report_table, report_title
+    from qsweep.orchestrator.report.reporting import read_sweep, write_report
+
+    metrics = sorted({layout.metric for layout in layouts} | {"train/peak_memory_bytes"})
+    records = read_sweep(uri, experiment, sweep, metrics)
+    parent = MlflowTracker.attach(uri, records.parent_run_id) if log else None
+    for layout in layouts:
+        table, comparison, files = write_report(records, layout, out)
+        console.print(report_title(table), highlight=False)
+        console.print(report_table(table))
+        for note in table.footnotes():
+            console.print(note, highlight=False)
+        if comparison:
+            console.print(comparison, highlight=False)
+        if parent is not None:
+            for path in files:
+                parent.log_artifact(path, "report")
+        logged = f"; logged on parent run {records.parent_run_id}" if parent is not None else ""
+        console.print(f"wrote {', '.join(p.name for p in files)} to {out}{logged}", highlight=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qsweep.orchestrator.adapters.tracking import check_reachable
+    from qsweep.orchestrator.report.reporting import ReportError, layout_from, spec_layouts
+
+    uri, experiment, spec_reports = _where(args)
+    overrides = {key: value for key, value in {
+        "rows": args.rows, "metric": args.metric, "scale": args.scale, "name": args.name,
+        "columns": args.columns.split(",") if args.columns else None,
+        "compare": tuple(args.compare) if args.compare else None}.items() if value is not None}
+    if args.preset or overrides:
+        layouts = [layout_from(args.preset, overrides)]
+    elif spec_reports:
+        layouts = spec_layouts(spec_reports)
+    else:
+        raise ReportError("the sweep's spec has no reports section: give --preset (table2, table4) or "
+                          "--rows and --metric")
+    check_reachable(uri)
+    publish(uri, experiment, args.sweep, layouts, args.out or args.root / "reports" / args.sweep,
+            log=not args.no_log)
+    return 0

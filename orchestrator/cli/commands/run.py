@@ -1,0 +1,142 @@
+"""``qsweep run SPEC`` and ``qsweep resume SWEEP``: run a sweep on Ray, resumable at any point.
+
+``run`` plans the spec, checks the Optuna storage, the MLflow server and the evaluation tasks,
+then starts (or joins, with ``--address``) a Ray cluster and runs every trial, showing live
+progress. Running a spec whose sweep exists resumes it; ``resume`` does the same from the
+sweep's own snapshot (``<root>/sweeps/<name>/spec.yaml``). Works as a Ray job too::
+
+    ray job submit --address http://HEAD:8265 --working-dir . -- qsweep run sweeps/x.yaml --address auto
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from qsweep.orchestrator.cli.commands import DEFAULT_ROOT
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
+                        help=f"runs root: sweep directories, local MLflow store (default {DEFAULT_ROOT})")
+    parser.add_argument("--address", default=None,
+                        help="join this Ray cluster (host:port, or auto); default: start a local one")
+    parser.add_argument("--num-gpus", type=int, default=None,
+                        help="local cluster only: GPUs to declare (default: detected)")
+    parser.add_argument("--num-cpus", type=int, default=None,
+                        help="local cluster only: CPUs to declare (default: detected)")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="trials at a time (default: the spec's, else what the cluster holds)")
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("run", help="run a sweep on Ray (resumes it if it exists)",
+                                 description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec", help="sweep spec YAML (or the name of one in sweeps/, e.g. demo)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="spec overrides, e.g. seeds=[0] trial.train.max_steps=5")
+    _common(parser)
+    parser.set_defaults(handler=run)
+
+    resume = commands.add_parser("resume", help="resume a sweep from its directory",
+                                 description="Resume a sweep: finished trials stay, interrupted ones "
+                                             "continue from their checkpoints.")
+    resume.add_argument("sweep", help="sweep name (under --root) or sweep directory")
+    _common(resume)
+    resume.set_defaults(handler=run_resume)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qsweep.orchestrator.sweep.planning import load_plan
+
+    return _launch(load_plan(args.spec, args.overrides), args)
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    from qsweep.orchestrator.sweep.planning import load_plan
+
+    directory = sweep_directory(args.sweep, args.root)
+    args.root = directory.path.parents[1]
+    return _launch(load_plan(directory.spec_file), args)
+
+
+def sweep_directory(name_or_path: str, root: Path) -> Any:
+    """The SweepDir of a sweep name under ``root``, or of a sweep directory path."""
+    from qsweep.orchestrator.sweep.sweep_dir import SweepDir
+    from qsweep.trainers.errors import ConfigError
+
+    for directory in (SweepDir(Path(name_or_path)), SweepDir.of(root, name_or_path)):
+        if directory.exists():
+            return directory
+    known = sorted(p.parent.name for p in (root / "sweeps").glob("*/sweep.json"))
+    listing = f"; sweeps in {root}: {', '.join(known)}" if known else ""
+    raise ConfigError([("", f"no sweep {name_or_path!r} (neither a sweep directory nor a sweep in "
+                            f"{root / 'sweeps'}){listing}")])
+
+
+def _report(prepared: Any, root: Path) -> None:
+    """The spec's report tables, printed and logged on the parent run, once the sweep ended."""
+    from qsweep.orchestrator.cli.commands.report import publish
+    from qsweep.orchestrator.report.reporting import spec_layouts
+
+    name = prepared.plan.spec.name
+    publish(prepared.tracking_uri, prepared.experiment, name, spec_layouts(prepared.plan.spec.reports),
+            root / "reports" / name)
+
+
+def _launch(plan: Any, args: argparse.Namespace) -> int:
+    from filelock import FileLock, Timeout
+    from qsweep.orchestrator.cli.console import (
+        SweepProgress,
+        console,
+        print_error,
+        sweep_summary,
+        usage_lines,
+    )
+    from qsweep.orchestrator.sweep.launch import prepare_sweep
+    from qsweep.orchestrator.trial.worker import execute
+    from qsweep.trainers.errors import EXIT_FAILED, EXIT_OK
+
+    prepared = prepare_sweep(plan, args.root.resolve())
+    directory = prepared.directory
+    lock = FileLock(str(directory.lock_file))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print_error(f"another qsweep driver is running sweep {plan.spec.name!r} ({directory.path}); "
+                    "wait for it or stop it first")
+        return EXIT_FAILED
+    try:
+        driver = prepared.connect(args.address, args.num_gpus, args.num_cpus, args.concurrency, execute)
+        console.print(f"[bold]qsweep run[/] {plan.spec.name}: {plan.total_trials} trials, "
+                      f"{driver.concurrency} at a time on {prepared.placement}", highlight=False)
+        console.print(f"sweep directory {directory.path}\nOptuna {prepared.state.optuna}\n"
+                      f"MLflow {prepared.state.tracking} (parent run {driver.parent.run_id})",
+                      highlight=False)
+        if driver.tally.ended or driver.tally.resumed:
+            resumed = driver.tally.resumed
+            verb = "continues from its checkpoint" if resumed == 1 else "continue from their checkpoints"
+            console.print(f"resuming: {driver.tally.ended} trials already ended, {resumed} interrupted "
+                          f"{verb}",
+                          highlight=False)
+        with SweepProgress(plan.total_trials, driver.concurrency, plan.spec.objectives[0].metric) as progress:
+            driver.observe = progress
+            progress(driver.tally)
+            tally = driver.run()
+        console.print(sweep_summary(prepared.status_rows()))
+        failed = tally.done.get("failed", 0) + tally.done.get("nan", 0)
+        ended = ", ".join(f"{n} {status}" for status, n in sorted(tally.done.items()))
+        console.print(f"{tally.ended} trials ended: {ended}. MLflow parent run {driver.parent.run_id}",
+                      highlight=False)
+        if tally.usage is not None:
+            console.print(usage_lines(tally.usage), highlight=False)
+        if plan.spec.reports:
+            _report(prepared, args.root)
+        return EXIT_OK if not failed else EXIT_FAILED
+    except KeyboardInterrupt:
+        print_error(f"interrupted; resume with: qsweep resume {plan.spec.name} --root {args.root}")
+        raise
+    finally:
+        prepared.close()
+        lock.release()

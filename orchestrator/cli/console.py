@@ -1,0 +1,324 @@
+"""Terminal output with rich: logging, errors, training progress and summaries."""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Any
+
+from qsweep.trainers.metrics import StepMetrics, TrainResult
+from qsweep.trainers.phases import LABELS, PHASES, SHORT_LABELS
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    handler = RichHandler(console=errors, show_path=False, show_time=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
+    logging.getLogger("qsweep").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def print_error(message: str) -> None:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.2f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+class TrainProgress:
+    """A progress bar fed by the trainer's ``on_step`` callback."""
+
+    def __init__(self, total_steps: int, description: str = "training"):
+        self.total_steps = total_steps
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[speed]} tok/s"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task = self._progress.add_task(description, total=total_steps, loss="-", speed="-")
+
+    def __enter__(self) -> TrainProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._progress.stop()
+
+    def __call__(self, metrics: StepMetrics) -> None:
+        self._progress.update(self._task, completed=metrics.step, loss=f"{metrics.loss:.4f}",
+                              speed=f"{metrics.tokens_per_s:,.0f}")
+        # Without a terminal (CI, Ray logs, files) a live bar draws nothing until the end:
+        # print a plain line every 5% of the run instead.
+        every = max(1, self.total_steps // 20)
+        if not console.is_terminal and (metrics.step % every == 0 or metrics.step == self.total_steps):
+            remaining = self._progress.tasks[0].time_remaining
+            eta = f"{remaining:.0f}s" if remaining is not None else "-"
+            console.print(f"step {metrics.step}/{self.total_steps} loss {metrics.loss:.4f} "
+                          f"lr {metrics.learning_rate:.2e} {metrics.tokens_per_s:,.0f} tok/s eta {eta}",
+                          highlight=False)
+            console.file.flush()
+
+
+def train_summary(result: TrainResult, title: str = "training summary") -> Table:
+    """Steps, final loss, throughput, memory, base footprint and adapter path of a run."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    status = "[green]finished[/]" if result.status == "finished" else f"[red]{result.status}[/]"
+    footprint = result.footprint
+    memory_label = {"cuda_max_allocated": "CUDA max allocated",
+                    "cpu_peak_rss": "peak process RSS"}.get(result.memory_kind, result.memory_kind)
+    rows = [
+        ("status", f"{status} ({result.reason})"),
+        ("steps", f"{result.steps}" + (f" (resumed at {result.resumed_from_step})"
+                                       if result.resumed_from_step else "")),
+        ("final loss", "-" if result.final_loss is None else f"{result.final_loss:.4f}"),
+        ("tokens/s", f"{result.tokens_per_s:,.0f}"),
+        ("peak memory", f"{human_bytes(result.peak_memory_bytes)} ({memory_label})"),
+        ("base weights", human_bytes(footprint.total_bytes)),
+    ]
+    if footprint.quantized_params:
+        rows.append(("quantized layers", f"{footprint.quantized_params:,} params, "
+                     f"{footprint.bits_per_quantized_param:.3f} bits/param "
+                     f"({human_bytes(footprint.quantized_bytes)})"))
+    rows += [
+        ("trainable params", f"{result.trainable_params:,}"),
+        ("adapter", str(result.adapter_dir) if result.adapter_dir else "-"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def phase_table(phases: dict[str, float], title: str = "time") -> Table:
+    """Seconds and share of each phase of a trial, then what a GPU was held for."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("phase")
+    table.add_column("seconds", justify="right")
+    table.add_column("share", justify="right")
+    total = phases.get("total") or sum(phases.get(name, 0.0) for name in PHASES)
+    for name in PHASES:
+        if name in phases:
+            share = f"{phases[name] / total:.0%}" if total else "-"
+            table.add_row(LABELS[name], f"{phases[name]:,.1f}", share)
+    if total:
+        before = phases.get("start", 0.0) + phases.get("load", 0.0)
+        table.add_row("[bold]total[/]", f"{total:,.1f}", "")
+        table.add_row("training + evaluating", f"{phases.get('compute', 0.0):,.1f}",
+                      f"{phases.get('compute', 0.0) / total:.0%}")
+        table.add_row("set-up before training (start + load)", f"{before:,.1f}", f"{before / total:.0%}")
+    return table
+
+
+def usage_lines(usage: Any) -> str:
+    """What ``qsweep run`` prints at its end: GPU use, makespan against its ideal, phase medians."""
+    unit = usage.unit
+    plural = unit if usage.capacity == 1 else f"{unit}s"
+    lines = [
+        f"{unit} use: {usage.trials} trial runs on {usage.capacity:g} {plural}, held for "
+        f"{usage.held_s:,.0f} {unit}-s: {usage.busy_share:.1%} of it training or evaluating",
+        f"makespan {_duration(usage.makespan_s)} against an ideal of {_duration(usage.ideal_s)} "
+        f"({usage.makespan_ratio:.2f}x; ideal: all training and evaluation packed onto the "
+        f"{usage.capacity:g} {plural})",
+    ]
+    if usage.phase_medians:
+        medians = " · ".join(f"{LABELS[name].split(' (')[0]} {usage.phase_medians[name]:,.1f}"
+                             for name in PHASES if name in usage.phase_medians)
+        lines.append(f"median seconds per trial: {medians}")
+    return "\n".join(lines)
+
+
+def phases_summary(rows: list[dict[str, Any]], title: str = "trial phases (seconds)") -> Table:
+    """One row per trial with the seconds of each phase (``qsweep status --phases``): start,
+    load, wait (for the GPU), base (baseline evaluation), train, prune (intermediate
+    evaluations), eval, rec (recording), compute (training + evaluating) and total. The trial
+    number and status columns show only where they differ between rows."""
+    from rich import box
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption="base: baseline evaluation · prune: evaluations for the pruner · "
+                          "rec: recording · compute: training + evaluating", caption_justify="left")
+    with_number = any(row["trial"] for row in rows)
+    with_status = len({row["status"] for row in rows}) > 1
+    names = [name for name in PHASES if any(name in row["phases"] for row in rows)] + ["compute", "total"]
+    table.add_column("cell", overflow="fold", min_width=12)
+    table.add_column("seed", justify="right")
+    if with_number:
+        table.add_column("#", justify="right")
+    if with_status:
+        table.add_column("status", overflow="ellipsis", max_width=9)
+    for name in names:
+        table.add_column(SHORT_LABELS.get(name, name), justify="right")
+    for row in rows:
+        phases = row["phases"]
+        table.add_row(row["cell"], str(row["seed"]), *([str(row["trial"])] if with_number else []),
+                      *([row["status"]] if with_status else []),
+                      *(f"{phases[name]:.1f}" if name in phases else "-" for name in names))
+    return table
+
+
+def _headline(name: str) -> bool:
+    """Metrics worth a row in the terminal (per-subject ones stay in MLflow)."""
+    return "/subject/" not in name and not name.endswith(("_stderr", "/n"))
+
+
+def eval_table(metrics: dict[str, float], baseline: dict[str, float] | None = None,
+               title: str = "evaluation") -> Table:
+    """Headline evaluation metrics (value ± standard error), beside the base model's if given."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    if baseline:
+        table.add_column("base (step 0)", justify="right")
+    table.add_column("trained" if baseline else "value", justify="right")
+
+    def cell(values: dict[str, float], name: str) -> str:
+        if name not in values:
+            return "-"
+        stderr = values.get(name + "_stderr")
+        return f"{values[name]:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
+
+    for name in sorted(set(metrics) | set(baseline or {})):
+        if not _headline(name):
+            continue
+        row = [name.removeprefix("eval/")]
+        if baseline:
+            row.append(cell(baseline, name))
+        row.append(cell(metrics, name))
+        table.add_row(*row)
+    return table
+
+
+def plan_table(plan: Any) -> Table:
+    """The cells of a sweep plan: labels, cell key, settings."""
+    spec = plan.spec
+    table = Table(title=f"sweep {spec.name}: {len(plan.cells)} cells", title_justify="left")
+    table.add_column("#", justify="right")
+    for axis in spec.axes():
+        table.add_column(axis.name)
+    table.add_column("cell")
+    table.add_column("seeds")
+    if spec.search:
+        table.add_column("search")
+    for cell in plan.cells:
+        row = [str(cell.index), *cell.labels.values(), cell.key, ",".join(map(str, spec.seeds))]
+        if spec.search:
+            row.append(f"{spec.search.n_trials} x {', '.join(spec.search.space)}")
+        table.add_row(*row)
+    return table
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+_STATUS_STYLE = {"finished": "green", "running": "cyan", "pruned": "yellow", "failed": "red", "nan": "red",
+                 "crashed": "red", "pending": "dim", "interrupted": "yellow", "scheduled": "cyan"}
+
+
+def sweep_summary(rows: list[dict[str, Any]], title: str = "trials") -> Table:
+    """One row per trial: cell, seed, trial number, status, objective values, searched params,
+    duration, MLflow run (the params column only when a search chose some)."""
+    table = Table(title=title, title_justify="left")
+    with_params = any(row["params"] for row in rows)
+    widest = max((len(row["cell"]) for row in rows), default=4)
+    table.add_column("cell", no_wrap=True, min_width=min(widest, 28))
+    table.add_column("seed", justify="right")
+    table.add_column("trial", justify="right")
+    table.add_column("status")
+    table.add_column("objective", no_wrap=True, min_width=9)
+    if with_params:
+        table.add_column("params")
+    table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("MLflow run", overflow="fold")
+    for row in rows:
+        style = _STATUS_STYLE.get(row["status"], "")
+        status = f"[{style}]{row['status']}[/]" if style else row["status"]
+        if row["reason"] and row["status"] not in ("finished", "pending", "running"):
+            status += f" ({row['reason'][:60]})"
+        values = ", ".join(f"{v:.4g}" for v in row["values"]) if row["values"] else "-"
+        params = [", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float)
+                            else f"{k.split('.')[-1]}={v}" for k, v in row["params"].items()) or "-"]
+        table.add_row(row["cell"], str(row["seed"]), str(row["trial"]), status, values,
+                      *(params if with_params else []), _duration(row["seconds"]), row["run_id"] or "-")
+    return table
+
+
+class SweepProgress:
+    """Live sweep progress: trials ended / running / failed / pruned, best so far, ETA."""
+
+    def __init__(self, total: int, concurrency: int, objective: str):
+        self.total, self.concurrency, self.objective = total, concurrency, objective
+        self._progress = Progress(
+            TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[best]}"),
+            TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"),
+            console=console, transient=False)
+        self._task = self._progress.add_task("sweep", total=total, counts="", best="", eta="-")
+        self._last_line = -1
+
+    def __enter__(self) -> SweepProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._progress.stop()
+
+    def __call__(self, tally: Any) -> None:
+        counts = f"running {tally.running}" + "".join(
+            f", {name} {n}" for name, n in sorted(tally.done.items()))
+        best = f"best {self.objective} {tally.best:.4g}" if tally.best is not None else ""
+        eta_s = tally.eta_s(self.concurrency)
+        eta = _duration(eta_s) if eta_s is not None and tally.ended < self.total else "-"
+        self._progress.update(self._task, completed=tally.ended, counts=counts, best=best, eta=eta)
+        if not console.is_terminal and tally.ended != self._last_line:
+            self._last_line = tally.ended
+            console.print(f"sweep {tally.ended}/{self.total} {counts} {best} eta {eta}", highlight=False)
+            console.file.flush()
+
+
+def report_title(table: Any) -> str:
+    return f"[bold]{table.title}[/] — {table.metric}, mean ± 95% CI over seeds"
+
+
+def report_table(table: Any) -> Table:
+    """An ablation table (``qsweep.orchestrator.report.tables.Table``) for the terminal.
+
+    Its title: :func:`report_title`."""
+    out = Table()
+    out.add_column(table.row_axis, style="bold")
+    for column in [*table.columns, *(["Mean"] if table.has_mean else [])]:
+        out.add_column(column, justify="right")
+    for row in table.rows:
+        out.add_row(row, *(table.value(row, c) for c in table.columns),
+                    *([table.mean(row)] if table.has_mean else []))
+    return out

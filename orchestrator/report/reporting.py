@@ -1,0 +1,229 @@
+"""``qsweep report``: a sweep's ablation tables and plots, built from its MLflow records.
+
+The records are read from MLflow (the sweep's parent run and its children), not from local
+files, so a report can be built anywhere the tracking server is reachable. A layout names the
+row axis, the column axes and the metric; ``<metric>@0`` takes the value logged at step 0 —
+the untuned base, the setting of the paper's Table 2. Outputs: a rich table on the terminal,
+Markdown, LaTeX (booktabs), CSV and PNG plots, all also logged on the parent run under
+``report/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qsweep.evaluation.statistics import Comparison, paired_t_test
+from qsweep.orchestrator.report.layouts import PRESETS, Layout
+from qsweep.orchestrator.report.tables import ReportedTrial, Table, build_table, to_csv, to_latex, to_markdown
+from qsweep.trainers.errors import ReportError
+
+
+@dataclass
+class SweepRecords:
+    parent_run_id: str
+    experiment_id: str
+    seeds: list[int]
+    axes: dict[str, list[str]]
+    trials: list[ReportedTrial]
+
+
+def layout_from(preset: str | None, overrides: dict[str, Any]) -> Layout:
+    """A layout from a preset and the fields that replace its own (a spec's ``reports`` entry,
+    the command line)."""
+    base = PRESETS[preset] if preset else None
+    values: dict[str, Any] = {**(base.__dict__ if base else {}), **overrides}
+    if "compare" in values and values["compare"] is not None:
+        values["compare"] = tuple(values["compare"])
+    missing = [key for key in ("rows", "metric") if not values.get(key)]
+    if missing:
+        raise ReportError(f"the report needs {' and '.join(missing)}: give --preset (table2, table4), "
+                          "a reports entry in the spec, or --rows/--metric")
+    known = set(Layout.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ReportError(f"report: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return Layout(**values)
+
+
+def spec_layouts(reports: list[Any]) -> list[Layout]:
+    """The layouts of a sweep spec's ``reports`` entries (``qsweep.orchestrator.sweep.spec.ReportSpec``)."""
+    return [layout_from(report.preset, report.overrides()) for report in reports]
+
+
+def read_sweep(uri: str, experiment: str, sweep: str, metrics: list[str]) -> SweepRecords:
+    """The sweep's trials from MLflow: labels, seed, status and the asked-for metrics."""
+    from qsweep.orchestrator.adapters.tracking import _client, find_runs
+
+    parents = find_runs(uri, experiment, {"qsweep.role": "sweep", "qsweep.sweep": sweep})
+    if not parents:
+        raise ReportError(f"no sweep {sweep!r} in MLflow experiment {experiment!r}")
+    parent = parents[-1]
+    client = _client(uri)
+    children = find_runs(uri, experiment, {"mlflow.parentRunId": parent.info.run_id})
+    trials = []
+    for run in children:
+        tags = run.data.tags
+        values = {}
+        for metric in metrics:
+            name, _, step = metric.partition("@")
+            if step:
+                history = [m for m in client.get_metric_history(run.info.run_id, name) if m.step == int(step)]
+                if history:
+                    values[metric] = history[-1].value
+            elif name in run.data.metrics:
+                values[metric] = run.data.metrics[name]
+        labels = {key.removeprefix("qsweep.axis."): value for key, value in tags.items()
+                  if key.startswith("qsweep.axis.")}
+        status = tags.get("qsweep.status", "unknown")
+        trials.append(ReportedTrial(labels, int(tags.get("qsweep.seed", 0)), status, values))
+    params = parent.data.params
+    seeds = json.loads(params.get("sweep.seeds", "[0]"))
+    axes = _structured(params.get("sweep.grid", "{}"))
+    return SweepRecords(parent.info.run_id, parent.info.experiment_id, seeds, axes, trials)
+
+
+def _structured(text: str) -> Any:
+    """A structured param: JSON, or Python's repr as runs recorded before 2026-11-26 hold it."""
+    import ast
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return {}
+
+
+def make_table(records: SweepRecords, layout: Layout) -> Table:
+    """The layout's table over the sweep's records (checks its axes exist)."""
+    missing = [axis for axis in [layout.rows, *layout.columns] if axis not in records.axes]
+    if missing:
+        raise ReportError(f"the sweep has no grid axis {', '.join(map(repr, missing))}; its axes: "
+                          f"{', '.join(records.axes) or '(none)'}")
+    return build_table(records.trials, rows=layout.rows, columns=layout.columns, metric=layout.metric,
+                       seeds=records.seeds, title=layout.title or layout.metric, scale=layout.scale,
+                       row_order=records.axes[layout.rows])
+
+
+def compare_rows(records: SweepRecords, layout: Layout) -> Comparison | None:
+    """Paired t-test of ``layout.compare`` rows over the (column, seed) pairs both finished."""
+    if layout.compare is None:
+        return None
+    first, second = layout.compare
+    keyed: dict[str, dict[tuple[str, int], float]] = {first: {}, second: {}}
+    for trial in records.trials:
+        row = trial.labels.get(layout.rows)
+        value = trial.metrics.get(layout.metric)
+        if row in keyed and trial.status == "finished" and value is not None and math.isfinite(value):
+            column = tuple(trial.labels.get(axis, "?") for axis in layout.columns)
+            keyed[row][(str(column), trial.seed)] = value
+    shared = sorted(set(keyed[first]) & set(keyed[second]))
+    if len(shared) < 2:
+        return None
+    return paired_t_test([keyed[first][k] for k in shared], [keyed[second][k] for k in shared])
+
+
+def describe_comparison(layout: Layout, comparison: Comparison | None) -> str:
+    if layout.compare is None:
+        return ""
+    first, second = layout.compare
+    if comparison is None:
+        return f"{first} vs {second}: fewer than two paired (column, seed) results, no test."
+    d = comparison.difference
+    p_value = f", p = {comparison.p_value:.3g}" if math.isfinite(comparison.p_value) else ""
+    return (f"{first} - {second}: {d.format(layout.scale, 3)} over {d.n} paired (column, seed) "
+            f"results; {comparison.test}{p_value}")
+
+
+def plot(table: Table, path: Path) -> Path:
+    """The metric per row with 95% CI bars, one series per column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(max(4.0, 1.2 * len(table.rows) + 2), 3.6))
+    width = 0.8 / max(1, len(table.columns))
+    for j, column in enumerate(table.columns):
+        xs, ys, errors = [], [], []
+        for i, row in enumerate(table.rows):
+            cell = table.cells.get((row, column))
+            if cell is None or cell.estimate.n == 0:
+                continue
+            xs.append(i + (j - (len(table.columns) - 1) / 2) * width)
+            ys.append(cell.estimate.mean * table.scale)
+            half = cell.estimate.half_width
+            errors.append(0.0 if math.isnan(half) else half * table.scale)
+        axis.bar(xs, ys, width=width, yerr=errors, capsize=3, label=column)
+    axis.set_xticks(range(len(table.rows)), table.rows)
+    axis.set_xlabel(table.row_axis)
+    axis.set_ylabel(table.metric)
+    axis.set_title(table.title, fontsize=9)
+    values = [c.estimate.mean * table.scale for c in table.cells.values() if c.estimate.n]
+    if values:
+        spread = max(values) - min(values) or abs(max(values)) * 0.1 or 1.0
+        axis.set_ylim(min(values) - spread, max(values) + spread)
+    if len(table.columns) > 1:
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_against_memory(records: SweepRecords, layout: Layout, path: Path) -> Path | None:
+    """The metric against peak training memory, one point per (row, column) with CI bars."""
+    memory = "train/peak_memory_bytes"
+    if not any(memory in t.metrics for t in records.trials):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from qsweep.evaluation.statistics import t_interval
+
+    groups: dict[str, tuple[list[float], list[float]]] = {}
+    for trial in records.trials:
+        value, peak = trial.metrics.get(layout.metric), trial.metrics.get(memory)
+        if trial.status == "finished" and value is not None and peak is not None:
+            label = trial.labels.get(layout.rows, "?")
+            xs, ys = groups.setdefault(label, ([], []))
+            xs.append(peak / 2**30)
+            ys.append(value * layout.scale)
+    figure, axis = plt.subplots(figsize=(5, 3.6))
+    for label, (xs, ys) in groups.items():
+        x, y = t_interval(xs), t_interval(ys)
+        y_error = 0 if math.isnan(y.half_width) else y.half_width
+        x_error = 0 if math.isnan(x.half_width) else x.half_width
+        axis.errorbar([x.mean], [y.mean], yerr=[[y_error]], xerr=[[x_error]], fmt="o", capsize=3, label=label)
+    axis.set_xlabel("peak training memory (GiB)")
+    axis.set_ylabel(layout.metric)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def write_report(records: SweepRecords, layout: Layout, directory: Path) -> tuple[Table, str, list[Path]]:
+    """Build the table, its comparison line and every output file in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    table = make_table(records, layout)
+    comparison = describe_comparison(layout, compare_rows(records, layout))
+    markdown = to_markdown(table) + (f"\n{comparison}\n" if comparison else "")
+    files = []
+    for suffix, text in ((".md", markdown), (".tex", to_latex(table)), (".csv", to_csv(table))):
+        path = directory / f"{layout.name}{suffix}"
+        path.write_text(text)
+        files.append(path)
+    files.append(plot(table, directory / f"{layout.name}.png"))
+    against_memory = plot_against_memory(records, layout, directory / f"{layout.name}-memory.png")
+    if against_memory is not None:
+        files.append(against_memory)
+    return table, comparison, files

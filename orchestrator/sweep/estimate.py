@@ -1,0 +1,78 @@
+"""GPU-hours of a sweep before it runs: ``qsweep.trainers.cost_model`` for training, plus evaluation.
+
+Evaluation is costed from the measured 5-shot MMLU throughput of the 8B-shaped NF4 model on an
+H100 (``bench/results/eval_throughput_h100_limit10.json``: 7.08 questions/s), scaled by
+parameter count; other tasks are counted per document at that rate (their prompts are shorter:
+an upper bound). Each trial also pays ``LOAD_SECONDS`` to start, load and quantize. Trials are
+costed at their full ``max_steps`` (a pruner only makes a sweep cheaper).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qsweep.orchestrator.sweep.planning import Plan
+from qsweep.orchestrator.trial.config import TrialConfig
+from qsweep.trainers.cost_model import GIB, ModelShape, shape_of, training_cost
+
+MMLU_QUESTIONS_PER_S_8B = 7.08
+"""Measured: 5-shot MMLU prompts, 8B-shaped NF4 model, one H100 (bench/README.md)."""
+PARAMS_8B = 8.03e9
+LOAD_SECONDS = 120.0
+TASK_DOCUMENTS = {"mmlu": 14042, "mmlu_offline": 13757, "hellaswag": 10042, "winogrande": 1267,
+                  "piqa": 1838, "arc_easy": 2376, "arc_challenge": 1172, "perplexity_offline": 1000}
+"""Documents per task (mmlu_offline: the 14,042 questions less 5 few-shot examples per subject)."""
+SUBJECTS = {"mmlu": 57, "mmlu_offline": 57}
+
+
+@dataclass(frozen=True)
+class TrialEstimate:
+    peak_bytes: float
+    train_seconds: float
+    eval_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return LOAD_SECONDS + self.train_seconds + self.eval_seconds
+
+
+def eval_documents(config: TrialConfig) -> int:
+    documents = 0
+    for task in config.eval.tasks:
+        limit = config.eval.limit_for(task)
+        full = TASK_DOCUMENTS.get(task, 1000)
+        per = SUBJECTS.get(task)
+        documents += min(full, limit * per) if (limit and per) else min(full, limit or full)
+    return documents * (2 if config.eval.baseline else 1)
+
+
+def estimate_trial(config: TrialConfig, shape: ModelShape) -> TrialEstimate:
+    cost = training_cost(config, shape)
+    rate = MMLU_QUESTIONS_PER_S_8B * PARAMS_8B / shape.params
+    return TrialEstimate(cost.peak_bytes, cost.seconds, eval_documents(config) / rate)
+
+
+@dataclass(frozen=True)
+class SweepEstimate:
+    trials: int
+    gpu_hours: float
+    peak_gib: float
+    """The largest trial's estimated peak memory."""
+    unknown: list[str]
+    """Models whose shape is unknown (not estimated)."""
+
+
+def estimate_sweep(plan: Plan) -> SweepEstimate:
+    """Every planned trial costed on one reference GPU (H100 80GB); searched params at the base."""
+    seconds, peak, unknown = 0.0, 0.0, []
+    per_cell = len(plan.spec.seeds) * plan.spec.trials_per_cell_seed
+    for cell in plan.cells:
+        config = plan.trial_config(cell, plan.spec.seeds[0])
+        shape = shape_of(config.model.name)
+        if shape is None:
+            unknown.append(config.model.name)
+            continue
+        trial = estimate_trial(config, shape)
+        seconds += trial.seconds * per_cell
+        peak = max(peak, trial.peak_bytes / GIB)
+    return SweepEstimate(plan.total_trials, seconds / 3600, peak, sorted(set(unknown)))

@@ -1,0 +1,307 @@
+"""Planning: a sweep spec becomes its cells and trials — pure, deterministic, no side effects.
+
+``load_plan(path)`` reads the spec, resolves its base trial config, and checks every grid
+value, search range and objective against the trial schema; every problem is reported at
+once with its key path (``grid.quant.type[1]``, ``search.space.train.learning_rate.low``)
+before Ray, Optuna or MLflow are touched. A cell is identified by the content hash of its
+resolved config (seed and searched keys left out), so each runs exactly once per seed, and a
+sweep started again finds its cells by the same hashes. Example::
+
+    qsweep plan sweeps/tiny-grid.yaml
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from qsweep.orchestrator.sweep.spec import TRAIN_METRICS, SweepSpec
+from qsweep.orchestrator.trial.config import TrialConfig
+from qsweep.trainers.config_loading import apply_overrides, parse_overrides, read_yaml, validate
+from qsweep.trainers.errors import ConfigError
+from qsweep.trainers.hashing import json_sha256
+
+PRESETS_DIR = Path(str(resources.files("qsweep.configs") / "trial"))
+"""Trial config presets (``base: <name>``), package data of ``qsweep.configs``."""
+SWEEPS_DIR = Path(str(resources.files("qsweep.sweeps")))
+"""Shipped sweep specs (``qsweep run demo``), package data of ``qsweep.sweeps``."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: its labels, its settings and its resolved config."""
+
+    index: int
+    labels: dict[str, str]
+    """Axis name to the label of this cell's value (``{"quant.type": "nf4"}``)."""
+    settings: dict[str, Any]
+    """Dotted trial keys that the grid sets in this cell."""
+    config: TrialConfig
+    """The resolved config (first seed, searched keys at their base value)."""
+    hash: str
+    """Content hash of the config without train.seed and the searched keys."""
+
+    @property
+    def key(self) -> str:
+        """Short identity used in study names, tags and directory names."""
+        return self.hash[:12]
+
+    def describe(self, axes: set[str] | None = None) -> str:
+        """``axis=label`` of each grid axis (of ``axes`` only, when given: those that vary)."""
+        shown = [f"{axis}={label}" for axis, label in self.labels.items() if axes is None or axis in axes]
+        return " ".join(shown) or "(base)"
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """The trials of one (cell, seed): one Optuna study of ``n_trials`` trials."""
+
+    sweep: str
+    cell: Cell
+    seed: int
+    n_trials: int
+
+    @property
+    def name(self) -> str:
+        """The Optuna study name: unique per sweep, cell and seed."""
+        return f"{self.sweep}/{self.cell.key}/seed{self.seed}"
+
+    @property
+    def sampler_seed(self) -> int:
+        """Seed of the study's sampler: from the sweep, the cell's labels and the seed — the same
+        on every machine (the cell hash would change with, say, a model's local path)."""
+        text = f"{self.sweep}/{self.cell.describe()}/seed{self.seed}"
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated sweep: the spec, its resolved base config, and its cells."""
+
+    spec: SweepSpec
+    source: str
+    base: dict[str, Any] = field(repr=False)
+    """The base trial config data with the spec's ``trial`` section merged in."""
+    cells: list[Cell] = field(repr=False)
+
+    def studies(self) -> list[StudyPlan]:
+        """Every (cell, seed) in plan order: cells outer, seeds inner."""
+        return [StudyPlan(self.spec.name, cell, seed, self.spec.trials_per_cell_seed)
+                for cell in self.cells for seed in self.spec.seeds]
+
+    @property
+    def total_trials(self) -> int:
+        return len(self.cells) * len(self.spec.seeds) * self.spec.trials_per_cell_seed
+
+    def trial_config(self, cell: Cell, seed: int, params: dict[str, Any] | None = None) -> TrialConfig:
+        """The config of one trial: the cell's settings, the seed and the sampled params."""
+        data = apply_overrides(self.base, {**cell.settings, "train.seed": seed, **(params or {})})
+        return validate(data, TrialConfig, source=f"{self.source} (cell {cell.describe()})")
+
+    def fingerprint(self) -> str:
+        """Hash of what defines the sweep's trials: cells, seeds, search, objectives."""
+        search = self.spec.search.model_dump(mode="json") if self.spec.search else None
+        content = {"cells": [c.hash for c in self.cells], "seeds": self.spec.seeds, "search": search,
+                   "objectives": [o.model_dump() for o in self.spec.objectives]}
+        return json_sha256(content, compact=False)
+
+
+def resolve_spec_path(name: str | Path) -> Path:
+    """A spec file path, or the name of a spec shipped in ``sweeps/`` (``demo``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = SWEEPS_DIR / f"{name}.yaml"
+    if path.suffix == "" and shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
+    raise ConfigError([("", f"sweep spec {str(name)!r} does not exist (shipped specs: {known})")])
+
+
+def _base_path(base: str, spec_path: Path) -> Path | None:
+    preset = PRESETS_DIR / f"{base}.yaml"
+    if "/" not in base and not base.endswith((".yaml", ".yml")) and preset.is_file():
+        return preset
+    path = Path(base).expanduser()
+    path = path if path.is_absolute() else spec_path.parent / path
+    return path if path.is_file() else None
+
+
+def _merge_sections(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra``'s sections over ``base``'s, key by key; a key's value replaces the base's whole
+    (``eval.task_limits: {}`` clears the base's limits rather than merging into them)."""
+    merged = dict(base)
+    for section, values in extra.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
+
+
+def _problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    try:
+        validate(data, TrialConfig)
+    except ConfigError as err:
+        return err.problems
+    return []
+
+
+def _check_key(base: dict[str, Any], key: str, value: Any,
+               alongside: dict[str, Any] | None = None) -> list[str]:
+    """Messages about setting trial key ``key`` to ``value`` (empty: fine), together with the
+    other settings of the same grid label (``alongside``: ``data.name`` with its ``data.path``)."""
+    section, leaf = key.split(".")
+    fields = TrialConfig.model_fields
+    if section not in fields:
+        return [f"no trial config section {section!r}; sections: {', '.join(fields)}"]
+    known = fields[section].annotation.model_fields  # type: ignore[union-attr]
+    if leaf not in known:
+        return [f"section {section!r} has no key {leaf!r}; its keys: {', '.join(known)}"]
+    settings = {**(alongside or {}), key: value}
+    return [message for path, message in _problems(apply_overrides(base, settings)) if path == key]
+
+
+def _objective_problems(spec: SweepSpec, cfg: TrialConfig) -> list[tuple[str, str]]:
+    problems = []
+    tasks = cfg.eval.tasks
+    for i, objective in enumerate(spec.objectives):
+        metric, where = objective.metric, f"objectives[{i}].metric"
+        if metric in TRAIN_METRICS:
+            continue
+        if not metric.startswith("eval/"):
+            problems.append((where, f"unknown metric {metric!r}; use an eval/<task>/... metric or one of "
+                                    f"{', '.join(TRAIN_METRICS)}"))
+        elif not tasks:
+            problems.append((where, f"{metric!r} needs an evaluation, but eval.tasks is empty"))
+        elif metric == "eval/perplexity":
+            if not any("perplexity" in task for task in tasks):
+                problems.append((where, f"eval/perplexity needs a perplexity task in eval.tasks {tasks}"))
+        elif metric.split("/")[1] not in tasks:
+            problems.append((where, f"{metric!r} is not measured: its task {metric.split('/')[1]!r} "
+                                    f"is not in eval.tasks {tasks}"))
+    return problems
+
+
+def load_plan(spec_path: str | Path, overrides: list[str] | None = None) -> Plan:
+    """Read, check and plan a sweep spec; ``overrides`` set spec keys (``seeds=[0]``,
+    ``trial.train.max_steps=5``).
+
+    Raises:
+        ConfigError: every problem of the spec, with its key path; nothing has started.
+    """
+    path = resolve_spec_path(spec_path)
+    source = str(path)
+    parsed = parse_overrides(overrides or [])
+    data = apply_overrides(read_yaml(path), parsed)
+    data.setdefault("name", path.stem)
+    try:
+        spec = validate(data, SweepSpec, source=source, overridden=set(parsed))  # type: ignore[type-var]
+    except ConfigError as err:
+        raise ConfigError(err.problems + _problems_beyond(data, err.problems, path), source) from None
+    return plan(spec, path)
+
+
+def _problems_beyond(data: dict[str, Any], found: list[tuple[str, str]], path: Path) -> list[tuple[str, str]]:
+    """The grid and trial problems of a spec whose own keys have problems too — so that one run
+    reports everything: the faulty top-level keys are left out (at their defaults) to plan the rest."""
+    faulty = {key.split(".")[0].split("[")[0] for key, _ in found}
+    if not faulty or "name" in faulty:
+        return []
+    try:
+        spec = SweepSpec.model_validate({k: v for k, v in data.items() if k not in faulty})
+        plan(spec, path)
+    except ConfigError as err:
+        return [problem for problem in err.problems if problem not in found]
+    except Exception:  # noqa: BLE001 - the keys at fault were reported already
+        return []
+    return []
+
+
+def plan(spec: SweepSpec, spec_path: Path) -> Plan:
+    """The cells and studies of a validated spec (see :func:`load_plan`)."""
+    source = str(spec_path)
+    problems: list[tuple[str, str]] = []
+    base: dict[str, Any] = {}
+    if spec.base is not None:
+        base_path = _base_path(spec.base, spec_path)
+        if base_path is None:
+            presets = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+            raise ConfigError([("base", f"{spec.base!r} is neither a preset ({presets}) nor a file "
+                                        f"relative to {spec_path.parent}")], source)
+        base = read_yaml(base_path)
+    merged = _merge_sections(base, spec.trial)
+    searched = dict(spec.search.space) if spec.search else {}
+    start = apply_overrides(merged, {"train.seed": spec.seeds[0]})
+
+    for path, message in _problems(start):
+        root = path.split(".")[0]
+        where = f"trial.{path}" if _has_path(spec.trial, path) or root not in base else f"{spec.base}: {path}"
+        problems.append((where, message))
+    if problems:
+        raise ConfigError(problems, source)
+
+    axes = spec.axes()
+    for axis in axes:
+        for i, (label, settings) in enumerate(axis.values):
+            for key, value in settings.items():
+                where = f"grid.{axis.name}[{i}]" if key == axis.name else f"grid.{axis.name}.{label}.{key}"
+                problems += [(where, message) for message in _check_key(start, key, value, settings)]
+    for key, dist in searched.items():
+        if dist.type == "categorical":
+            samples = {f"choices[{i}]": value for i, value in enumerate(dist.choices)}
+        else:
+            samples = {"low": dist.low, "high": dist.high}
+        for name, value in samples.items():
+            problems += [(f"search.space.{key}.{name}", m) for m in _check_key(start, key, value)]
+    if problems:
+        raise ConfigError(problems, source)
+
+    cells: list[Cell] = []
+    seen: dict[str, Cell] = {}
+    for index, combo in enumerate(itertools.product(*(axis.values for axis in axes))):
+        labels = {axis.name: label for axis, (label, _) in zip(axes, combo, strict=True)}
+        settings: dict[str, Any] = {}
+        for _, values in combo:
+            settings.update(values)
+        data = apply_overrides(start, settings)
+        found = _problems(data)
+        if found:
+            described = " ".join(f"{a}={v}" for a, v in labels.items())
+            problems += [(f"grid (cell {described})", f"{p}: {m}") for p, m in found]
+            continue
+        cfg = validate(data, TrialConfig)
+        cell = Cell(index, labels, settings, cfg, _cell_hash(cfg, searched))
+        if cell.hash in seen:
+            problems.append(("grid", f"cells {seen[cell.hash].describe()} and {cell.describe()} "
+                                     "resolve to the same trial config"))
+            continue
+        seen[cell.hash] = cell
+        cells.append(cell)
+    if cells:
+        problems += _objective_problems(spec, cells[0].config)
+    if problems:
+        raise ConfigError(problems, source)
+    return Plan(spec, source, start, cells)
+
+
+def _has_path(data: dict[str, Any], dotted: str) -> bool:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _cell_hash(cfg: TrialConfig, searched: dict[str, Any]) -> str:
+    identity = cfg.identity()
+    identity["train"].pop("seed")
+    for key in searched:
+        section, leaf = key.split(".")
+        identity.get(section, {}).pop(leaf, None)
+    return json_sha256(identity)

@@ -1,0 +1,54 @@
+"""A trial config: the trainer's sections plus ``eval`` and ``tracking``.
+
+Load with :func:`load_trial_config`; every problem is reported with its key path before
+anything loads. Example::
+
+    qsweep trial configs/trial/smollm2-offline.yaml eval.limit=5 tracking.uri=http://127.0.0.1:5000
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import field_validator
+from qsweep.evaluation.config import EvalConfig
+from qsweep.trainers.config import ConfigSection, TrainingConfig
+from qsweep.trainers.config_loading import load_config
+
+TRACKING_SCHEMES = ("http://", "https://", "sqlite:///", "postgresql://", "postgresql+psycopg2://",
+                    "mysql://", "mysql+pymysql://", "file:", "databricks")
+
+
+class TrackingConfig(ConfigSection):
+    """Where MLflow records the trial (not part of the trial's identity)."""
+
+    uri: str | None = None
+    """MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else a SQLite store in the runs root."""
+    experiment: str = "qsweep"
+    """MLflow experiment that holds the run."""
+    run_name: str | None = None
+    """Display name of the run; null: <model>-<data type>-<hash>."""
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, uri: str | None) -> str | None:
+        if uri is not None and not uri.startswith(TRACKING_SCHEMES):
+            raise ValueError(f"must start with one of {', '.join(TRACKING_SCHEMES)}, got a URI "
+                             f"with scheme {uri.split(':', 1)[0]!r}")
+        return uri
+
+
+class TrialConfig(TrainingConfig):
+    """Everything one trial needs: training, evaluation and tracking."""
+
+    NON_IDENTITY_SECTIONS = ("tracking",)
+
+    eval: EvalConfig = EvalConfig()
+    """Evaluation with lm-eval after training."""
+    tracking: TrackingConfig = TrackingConfig()
+    """MLflow tracking."""
+
+
+def load_trial_config(path: Path, overrides: list[str] | None = None) -> TrialConfig:
+    """Load a trial config YAML with ``key=value`` overrides (see ``qsweep.trainers.config_loading``)."""
+    return load_config(path, overrides, schema=TrialConfig)

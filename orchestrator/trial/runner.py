@@ -1,0 +1,355 @@
+"""One trial, complete: ``run_trial(config, tracker, workdir) -> TrialResult``.
+
+Train (``trainers``), evaluate the model in memory (``evaluation``), record everything
+through ``tracker``. A plain function: no Ray and no Optuna; the sweep runner wraps it.
+
+What the tracker receives:
+
+* params: the flattened trial config (``quant.type``, ``lora.r``, ...);
+* metrics: ``train/*`` at every step; ``model/*`` footprint at step 0; ``eval/*`` at the last
+  step, and at step 0 for the untuned base when ``eval.baseline`` is on; ``time/<phase>_s``
+  (``qsweep.trainers.phases``) at the end, and ``time/pruning_eval_s`` with each intermediate
+  evaluation;
+* artifacts: ``config.yaml``, ``environment.json``, ``adapter/`` (peft, safetensors),
+  ``eval/results.json`` (lm-eval's), ``eval/baseline/results.json``, ``traceback.txt`` on failure;
+  ``result.json`` in the work directory (status, phases, training summary, metrics);
+* tags: ``qsweep.status`` (running, finished, nan, pruned, failed), ``qsweep.reason``,
+  ``qsweep.trial_hash``, ``qsweep.data_type``.
+
+A trial that runs again in the same work directory and run (a sweep retrying it) resumes from
+its newest checkpoint and logs only the steps that the run does not hold yet: its metric
+histories stay complete, without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+from qsweep.orchestrator.trial.config import TrialConfig
+from qsweep.orchestrator.trial.gpu_turns import GpuTurns, NoTurns, memory_needs
+from qsweep.trainers.faults import StepHook
+from qsweep.trainers.metrics import StepMetrics, TrainResult
+from qsweep.trainers.phases import PhaseClock
+from qsweep.trainers.status import TrialStatus
+
+log = logging.getLogger("qsweep")
+
+
+class TrialPruned(Exception):
+    """Raised from the step callback when the pruner stops the trial; ends it as ``pruned``."""
+
+    def __init__(self, step: int, value: float):
+        self.step, self.value = step, value
+        super().__init__(f"pruned at step {step} (intermediate value {value:.6g})")
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """Intermediate evaluations for a pruner: every ``report_every`` steps, ``report(step, value)``.
+
+    The value is the trial's objective ``metric`` measured now: an ``eval/...`` metric runs
+    the trial's evaluation; ``train/final_loss`` is the mean loss of the steps since the last
+    report. ``report`` returns True to stop the trial (it is then ``pruned``).
+    """
+
+    report_every: int
+    metric: str
+    report: Callable[[int, float], bool]
+
+
+class Tracker(Protocol):
+    """Where a trial's records go (``qsweep.orchestrator.adapters.tracking.MlflowTracker`` in practice)."""
+
+    run_id: str
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def last_logged_step(self, metric: str) -> int: ...
+
+
+@dataclass
+class TrialResult:
+    """How a trial ended and what it measured."""
+
+    status: str
+    """finished, nan (non-finite loss), pruned or failed."""
+    reason: str
+    run_id: str
+    workdir: Path
+    train: TrainResult | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Evaluation of the trained model (``eval/...``)."""
+    baseline_metrics: dict[str, float] = field(default_factory=dict)
+    """Evaluation of the untuned base, when ``eval.baseline`` is on."""
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase (``qsweep.trainers.phases``): start, load, baseline_eval, train, ..., total."""
+    intermediate_evals: list[tuple[int, float]] = field(default_factory=list)
+    """(step, seconds) of each evaluation for the pruner."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``result.json`` holds: status, run, phases, the training summary and metrics."""
+        train = None
+        if self.train is not None:
+            train = {k: v for k, v in asdict(self.train).items() if k != "history"}
+        return {"status": self.status, "reason": self.reason, "run_id": self.run_id,
+                "workdir": str(self.workdir), "phases": self.phases,
+                "intermediate_evals": [{"step": step, "seconds": round(seconds, 3)}
+                                       for step, seconds in self.intermediate_evals], "train": train,
+                "metrics": self.metrics, "baseline_metrics": self.baseline_metrics}
+
+
+def excluded_subjects(cfg: TrialConfig) -> tuple[str, ...]:
+    """MMLU subjects the trial trained on, which its evaluation must leave out."""
+    from qsweep.trainers.mmlu import TRAIN_SUBJECTS
+
+    return TRAIN_SUBJECTS if cfg.data.name == "mmlu-heldout" else ()
+
+
+def redacted_config(cfg: TrialConfig) -> dict[str, Any]:
+    """The resolved config as YAML-able data, with the tracking URI's credentials masked."""
+    from qsweep.orchestrator.adapters.tracking import redact
+
+    values = cfg.to_dict()
+    if values["tracking"]["uri"]:
+        values["tracking"]["uri"] = redact(values["tracking"]["uri"])
+    return values
+
+
+def _train_metrics(metrics: StepMetrics) -> dict[str, float]:
+    return {
+        "train/loss": metrics.loss,
+        "train/learning_rate": metrics.learning_rate,
+        "train/grad_norm": metrics.grad_norm,
+        "train/tokens_per_s": metrics.tokens_per_s,
+        "train/peak_memory_bytes": float(metrics.peak_memory_bytes),
+        "train/epoch": metrics.epoch,
+    }
+
+
+@dataclass
+class _Computed:
+    """What the part of a trial that uses the accelerator produced."""
+
+    status: str
+    reason: str
+    trained: TrainResult | None = None
+    baseline: dict[str, float] = field(default_factory=dict)
+    evaluation: Any = None
+    """The final ``EvalOutcome`` (None without tasks, or when training did not finish)."""
+
+
+def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
+              on_step: Callable[[StepMetrics], None] | None = None,
+              pruning: Pruning | None = None, phases: PhaseClock | None = None,
+              gpu_turns: GpuTurns | None = None, before_step: StepHook | None = None) -> TrialResult:
+    """Train, evaluate and record one trial. See the module docstring for what is recorded.
+
+    A non-finite loss ends the trial with status ``nan`` (no evaluation); a pruner's stop
+    (``pruning``) with status ``pruned``. Any exception is recorded (status ``failed``,
+    reason, ``traceback.txt``) and raised again.
+
+    ``phases`` times the trial (``qsweep.trainers.phases``); pass one whose ``started`` is the
+    process start (or the trial's submission) so that the ``start`` phase covers imports and
+    set-up; by default the trial starts now. Its time goes to MLflow (``time/<phase>_s``),
+    ``result.json`` and :attr:`TrialResult.phases`, also when the trial fails.
+
+    ``gpu_turns`` (``qsweep.orchestrator.trial.gpu_turns``) orders this trial with another one on the same
+    GPU: it computes — evaluates and trains — only in its turn, which ends after the final
+    evaluation once the model's memory is released; its weights load in its turn, or before it
+    while the other trial trains when there is room. Everything else (imports, checks,
+    tokenizer, data, artifacts) overlaps the other trial's work. Waiting is the ``wait`` phase.
+
+    ``before_step`` is called before each optimizer step (``qsweep.trainers.faults``: test-only fault
+    injection).
+    """
+    phases = phases or PhaseClock()
+    from qsweep.orchestrator.trial.fingerprint import environment_fingerprint
+    from qsweep.trainers.loop import prepare_data
+
+    if "start" not in phases.seconds:
+        phases.mark_start()  # imports included
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    result: TrialResult | None = None
+    try:
+        with phases.phase("record"):
+            tracker.set_tags({"qsweep.status": TrialStatus.RUNNING, "qsweep.trial_hash": cfg.content_hash(),
+                              "qsweep.data_type": cfg.quant.label})
+            tracker.log_params(cfg.flat())
+            config_file = workdir / "config.yaml"
+            config_file.write_text(yaml.safe_dump(redacted_config(cfg), sort_keys=False))
+            tracker.log_artifact(config_file)
+        with phases.phase("load"):
+            data = prepare_data(cfg, phases)
+        with phases.phase("record"):
+            fingerprint = workdir / "environment.json"
+            fingerprint.write_text(json.dumps(environment_fingerprint(data.data_sha256), indent=1))
+            tracker.log_artifact(fingerprint)
+        with gpu_turns or NoTurns() as turns:
+            with phases.phase("wait"):
+                turns.wait_to_load(memory_needs(cfg, data.source))
+            computed = _compute(cfg, data, tracker, workdir, phases, on_step, pruning, turns, before_step)
+            with phases.phase("record"):
+                _release_accelerator_memory()
+        with phases.phase("record"):
+            result = _record(computed, tracker, workdir)
+        return result
+    except BaseException as err:
+        reason = f"{type(err).__name__}: {err}"[:500]
+        trace = workdir / "traceback.txt"
+        trace.write_text("".join(traceback.format_exception(err)))
+        result = TrialResult(TrialStatus.FAILED, reason, tracker.run_id, workdir)
+        try:
+            tracker.set_tags({"qsweep.status": TrialStatus.FAILED, "qsweep.reason": reason})
+            tracker.log_artifact(trace)
+        except Exception:  # noqa: BLE001 - the original error matters more than this one
+            log.exception("could not record the failure")
+        raise
+    finally:
+        if result is not None:
+            _record_phases(result, phases, tracker)
+
+
+def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phases: PhaseClock,
+             on_step: Callable[[StepMetrics], None] | None, pruning: Pruning | None,
+             turns: GpuTurns | NoTurns, before_step: StepHook | None = None) -> _Computed:
+    """Load the model onto the accelerator, evaluate the base, train, evaluate the result
+    (evaluating and training in the GPU's turn)."""
+    with phases.phase("load"):
+        from qsweep.evaluation.batching import BatchSizer
+        from qsweep.evaluation.config import EvalConfig
+        from qsweep.evaluation.harness import EvalOutcome, evaluate_model
+        from qsweep.trainers.loop import fit, load_model
+        from qsweep.trainers.model import DTYPES, resolve_device
+
+        setup = load_model(data, cfg, phases)
+    qlora = setup.qlora
+    with phases.phase("record"):
+        tracker.log_metrics({
+            "model/base_weight_bytes": float(qlora.footprint.total_bytes),
+            "model/quantized_bytes": float(qlora.footprint.quantized_bytes),
+            "model/bits_per_quantized_param": qlora.footprint.bits_per_quantized_param,
+            "model/trainable_params": float(qlora.trainable_params),
+        }, step=0)
+        logged = tracker.last_logged_step("train/loss")
+    with phases.phase("wait"):
+        turns.take_turn()
+    # One sizer for every evaluation of this model: its memory is measured once.
+    sizer = BatchSizer.for_device(cfg.eval.batch_size, resolve_device(cfg.train.device))
+
+    def evaluate(evaluation: EvalConfig = cfg.eval) -> EvalOutcome:
+        with turns.allocating():  # its batches take the memory that is free
+            return evaluate_model(qlora.model, qlora.tokenizer, evaluation,
+                                  compute_dtype=DTYPES[cfg.quant.compute_dtype],
+                                  weight_dtype=DTYPES[cfg.model.dtype],
+                                  exclude_subjects=excluded_subjects(cfg), sizer=sizer)
+
+    baseline: dict[str, float] = {}
+    if cfg.eval.tasks and cfg.eval.baseline:
+        log.info("evaluating the untuned base model (step 0)")
+        with phases.phase("baseline_eval"), qlora.model.disable_adapter():
+            outcome = evaluate(cfg.eval.for_baseline())
+        with phases.phase("record"):
+            baseline = outcome.metrics
+            tracker.log_metrics(baseline, step=0)
+            for path in outcome.write(workdir / "eval" / "baseline"):
+                tracker.log_artifact(path, "eval/baseline")
+
+    window: list[float] = []
+
+    def record_step(metrics: StepMetrics) -> None:
+        turns.training()  # memory steady from the first step on: the other trial may load
+        if metrics.step > logged:
+            tracker.log_metrics(_train_metrics(metrics), step=metrics.step)
+        if on_step is not None:
+            on_step(metrics)
+        window.append(metrics.loss)
+        if pruning is None or metrics.step % pruning.report_every or metrics.step == cfg.train.max_steps:
+            return
+        if pruning.metric == "train/final_loss":
+            value = sum(window) / len(window)
+        else:
+            began = phases.clock()
+            intermediate = evaluate().metrics
+            seconds = phases.clock() - began
+            phases.intermediate_eval(metrics.step, seconds)
+            if metrics.step > logged:  # a resumed trial has these already
+                tracker.log_metrics({**intermediate, "time/pruning_eval_s": seconds}, step=metrics.step)
+            value = intermediate[pruning.metric]
+        window.clear()
+        if pruning.report(metrics.step, value):
+            raise TrialPruned(metrics.step, value)
+
+    began = phases.clock()
+    evaluating_before = phases.seconds.get("intermediate_eval", 0.0)
+    try:
+        trained = fit(setup, cfg, workdir, record_step, before_step=before_step)
+    except TrialPruned as pruned:
+        return _Computed(TrialStatus.PRUNED, str(pruned), baseline=baseline)
+    finally:
+        evaluating = phases.seconds.get("intermediate_eval", 0.0) - evaluating_before
+        phases.add("train", phases.clock() - began - evaluating)
+    if trained.status != TrialStatus.FINISHED:
+        return _Computed(trained.status, trained.reason, trained, baseline)
+    evaluation = None
+    if cfg.eval.tasks:
+        log.info("evaluating the trained model")
+        with phases.phase("eval"):
+            evaluation = evaluate()
+    return _Computed(TrialStatus.FINISHED, trained.reason, trained, baseline, evaluation)
+
+
+def _release_accelerator_memory() -> None:
+    """Give the model's GPU memory back before the lease ends (the next trial loads into it)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _record(computed: _Computed, tracker: Tracker, workdir: Path) -> TrialResult:
+    """The trial's outcome into MLflow: artifacts, final metrics and its status."""
+    trained = computed.trained
+    if computed.status != TrialStatus.FINISHED:
+        tracker.set_tags({"qsweep.status": computed.status, "qsweep.reason": computed.reason})
+        return TrialResult(computed.status, computed.reason, tracker.run_id, workdir, trained,
+                           baseline_metrics=computed.baseline)
+    assert trained is not None and trained.adapter_dir is not None
+    tracker.log_artifact(trained.adapter_dir, "adapter")
+    metrics: dict[str, float] = {}
+    if computed.evaluation is not None:
+        metrics = computed.evaluation.metrics
+        tracker.log_metrics(metrics, step=trained.steps)
+        for path in computed.evaluation.write(workdir / "eval"):
+            tracker.log_artifact(path, "eval")
+    summary = trained.summary_metrics()
+    tracker.log_metrics({name: summary[name] for name in ("train/final_loss", "train/mean_tokens_per_s")},
+                        step=trained.steps)
+    tracker.set_tags({"qsweep.status": TrialStatus.FINISHED, "qsweep.reason": trained.reason})
+    return TrialResult(TrialStatus.FINISHED, trained.reason, tracker.run_id, workdir, trained,
+                       metrics=metrics, baseline_metrics=computed.baseline)
+
+
+def _record_phases(result: TrialResult, phases: PhaseClock, tracker: Tracker) -> None:
+    """The trial's phase times into MLflow, ``result.json`` and the result (never raises)."""
+    result.phases = phases.to_dict()
+    result.intermediate_evals = list(phases.intermediate)
+    step = result.train.steps if result.train is not None else 0
+    try:
+        summary = json.dumps(result.to_dict(), indent=1, default=str)
+        (result.workdir / "result.json").write_text(summary + "\n")
+        tracker.log_metrics(phases.metrics(), step=step)
+    except Exception:  # noqa: BLE001 - a lost timing must not fail the trial or hide its error
+        log.exception("could not record the phase timings")
