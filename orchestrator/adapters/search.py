@@ -6,6 +6,12 @@ cluster — so optuna-dashboard can browse every study, and a driver that starts
 each trial where the last one left it. The driver asks and tells (no Ray Tune wrapper):
 ``ask`` samples a trial's parameters, ``tell`` records its objective values or its fate
 (pruned, failed). Intermediate values reach the pruner through :meth:`StudyStore.report`.
+
+Only Optuna's public API is used: studies ask and tell by trial number; a trial asked by an
+earlier driver is written through the storage's documented interface (``BaseStorage``: user
+attributes, intermediate values) and judged by the study's pruner (``BasePruner.prune``), as
+``Trial.report`` and ``Trial.should_prune`` do. Supported: the ``optuna`` range in
+pyproject.toml, whose lower bound tests/orchestrator/test_optuna_range.py runs against.
 """
 
 from __future__ import annotations
@@ -132,9 +138,8 @@ class StudyStore:
         if url.startswith("sqlite"):
             _write_ahead_log(self.storage.engine)
         self._studies: dict[str, optuna.Study] = {}
-        # Live trials by (study, number): spares a lookup query per write (ask, tell and
-        # attributes cost tens of SQL statements per trial otherwise).
-        self._live: dict[tuple[str, int], optuna.trial.Trial] = {}
+        self._trial_ids: dict[tuple[str, int], int] = {}
+        """The storage's trial id by (study, trial number): one lookup per trial, not per write."""
         self._space = ({key: distribution(d) for key, d in spec.search.space.items()}
                        if spec.search else {})
 
@@ -163,49 +168,42 @@ class StudyStore:
 
     def trials(self, planned: StudyPlan) -> list[TrialRecord]:
         """Every trial of a (cell, seed) so far, in number order."""
-        study = self.study(planned)
-        records = []
-        for frozen in study.get_trials(deepcopy=False):
-            if frozen.state == TrialState.RUNNING:
-                self._live[(planned.name, frozen.number)] = optuna.trial.Trial(study, frozen._trial_id)
-            records.append(_record(planned.name, frozen))
-        return records
+        return [_record(planned.name, frozen) for frozen in self.study(planned).get_trials(deepcopy=False)]
 
     def ask(self, planned: StudyPlan) -> TrialRecord:
         """A new trial of the study with freshly sampled parameters (state RUNNING)."""
         trial = self.study(planned).ask(self._space)
-        self._live[(planned.name, trial.number)] = trial
         return TrialRecord(study=planned.name, number=trial.number, state="RUNNING",
                            params={k: _decode(v) for k, v in trial.params.items()}, values=None,
                            attrs=dict(trial.user_attrs), duration_s=None)
 
-    def _trial(self, planned: StudyPlan, number: int) -> optuna.trial.Trial:
-        found = self._live.get((planned.name, number))
-        if found is None:
-            study = self.study(planned)
-            trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-            found = self._live[(planned.name, number)] = optuna.trial.Trial(study, trial_id)
-        return found
+    def _trial_id(self, planned: StudyPlan, number: int) -> int:
+        key = (planned.name, number)
+        if key not in self._trial_ids:
+            study_id = self.storage.get_study_id_from_name(self.study(planned).study_name)
+            self._trial_ids[key] = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        return self._trial_ids[key]
 
     def set_attrs(self, planned: StudyPlan, number: int, attrs: dict[str, Any]) -> None:
-        trial = self._trial(planned, number)
+        """Set user attributes of a running trial (asked by this driver or an earlier one)."""
+        trial_id = self._trial_id(planned, number)
         for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+            self.storage.set_trial_user_attr(trial_id, key, value)
 
     def tell(self, planned: StudyPlan, number: int, state: str, values: list[float] | None = None) -> None:
         """Record how a trial ended: COMPLETE with its values, PRUNED or FAIL."""
-        study, trial = self.study(planned), self._live.pop((planned.name, number), None)
-        target: Any = trial if trial is not None else number
+        study = self.study(planned)
+        self._trial_ids.pop((planned.name, number), None)
         if state == "COMPLETE":
-            study.tell(target, values=values, skip_if_finished=True)
+            study.tell(number, values=values, skip_if_finished=True)
         else:
-            study.tell(target, state=TrialState[state], skip_if_finished=True)
+            study.tell(number, state=TrialState[state], skip_if_finished=True)
 
     def report(self, planned: StudyPlan, number: int, step: int, value: float) -> bool:
         """Record an intermediate value; True when the pruner says to stop the trial."""
-        trial = self._trial(planned, number)
-        trial.report(value, step)
-        return bool(trial.should_prune())
+        trial_id, study = self._trial_id(planned, number), self.study(planned)
+        self.storage.set_trial_intermediate_value(trial_id, step, float(value))
+        return bool(study.pruner.prune(study, self.storage.get_trial(trial_id)))
 
 
 def _record(study: str, trial: optuna.trial.FrozenTrial) -> TrialRecord:

@@ -79,6 +79,23 @@ def test_the_median_pruner_stops_a_trial_behind_the_others(storage: str, plan) -
     assert store.report(study, bad.number, 2, 5.0) is True
 
 
+def test_a_restarted_driver_reports_to_the_pruner_for_trials_asked_before(storage: str, plan) -> None:
+    store = StudyStore(storage, plan.spec)
+    study = plan.studies()[0]
+    for loss in (1.0, 1.1):
+        trial = store.ask(study)
+        store.report(study, trial.number, 2, loss)
+        store.tell(study, trial.number, "COMPLETE", [loss])
+    good, bad = store.ask(study), store.ask(study)
+
+    restarted = StudyStore(storage, plan.spec)  # the trials were asked by the driver before
+    restarted.set_attrs(study, bad.number, {"run_id": "r"})
+    assert restarted.report(study, good.number, 2, 0.5) is False
+    assert restarted.report(study, bad.number, 2, 5.0) is True
+    (record,) = [r for r in restarted.trials(study) if r.number == bad.number]
+    assert record.state == "RUNNING" and record.attrs == {"run_id": "r"}
+
+
 def test_queued_parameters_come_first_once(storage: str, plan, tmp_path: Path) -> None:
     from qsweep.orchestrator.sweep.spec import SweepSpec
 
