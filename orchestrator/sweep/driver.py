@@ -12,6 +12,10 @@ SIGKILL or Ctrl-C) therefore finds every trial: finished ones are left alone, RU
 whose run already finished are told, the others run again in the same work directory — from
 their last checkpoint, logging only the steps their run lacks.
 
+Parts: the MLflow records are :class:`~qsweep.orchestrator.sweep.ledger.RunLedger`'s, the
+progress tally :class:`~qsweep.orchestrator.sweep.progress.Tally`, the OOM retry decision the pure
+function :func:`smaller_micro_batch`; this module is the scheduling loop.
+
 Failures: a worker process that dies is retried by Ray (``retries``); an out-of-memory error
 is retried with half the micro-batch and twice the gradient accumulation (``oom_retries``,
 :func:`smaller_micro_batch`), and the change is tagged on the run (the retry's worker removes
@@ -31,10 +35,12 @@ from typing import Any
 
 from qsweep.orchestrator.adapters.cluster import Cluster, TrialCrashed, TrialResources
 from qsweep.orchestrator.adapters.search import DONE_STATES, StudyStore, TrialRecord
-from qsweep.orchestrator.adapters.tracking import MlflowTracker, find_runs, redact
+from qsweep.orchestrator.adapters.tracking import MlflowTracker
+from qsweep.orchestrator.sweep.ledger import RunLedger
 from qsweep.orchestrator.sweep.planning import Plan, StudyPlan
-from qsweep.orchestrator.sweep.sweep_dir import SweepDir, SweepState
-from qsweep.orchestrator.sweep.usage import Usage, UsageSummary
+from qsweep.orchestrator.sweep.progress import Observer, Tally
+from qsweep.orchestrator.sweep.sweep_dir import SweepDir
+from qsweep.orchestrator.sweep.usage import Usage
 from qsweep.orchestrator.trial.worker import TrialOutcome, TrialRequest
 from qsweep.trainers.phases import from_metrics as phases_from_metrics
 from qsweep.trainers.status import TrialStatus
@@ -55,188 +61,87 @@ class Running:
     started: float = field(default_factory=time.monotonic)
 
 
-@dataclass
-class Tally:
-    """What the sweep has done so far (for progress displays and the final summary)."""
-
-    total: int
-    done: dict[str, int] = field(default_factory=dict)
-    """Ended trials by status: finished, pruned, failed, nan."""
-    running: int = 0
-    best: float | None = None
-    best_key: str | None = None
-    durations: list[float] = field(default_factory=list)
-    resumed: int = 0
-    """Trials an earlier driver left running that this one took over."""
-    usage: UsageSummary | None = None
-    """How this driver's trials used the GPUs; set when the sweep ends."""
-
-    @property
-    def ended(self) -> int:
-        return sum(self.done.values())
-
-    def eta_s(self, concurrency: int) -> float | None:
-        if not self.durations:
-            return None
-        mean = sum(self.durations) / len(self.durations)
-        remaining = self.total - self.ended
-        return mean * remaining / max(1, min(concurrency, remaining or 1))
-
-
-Observer = Callable[[Tally], None]
-
-
-def trial_key(planned: StudyPlan, number: int) -> str:
-    return f"{planned.cell.key}/seed{planned.seed}/t{number}"
-
-
 class SweepDriver:
     """Runs one sweep to completion (see the module docstring).
 
     Args:
         plan: the validated plan.
-        directory: the sweep's directory (state, Optuna SQLite, trial work dirs).
-        state: its ``sweep.json``.
-        store: the Optuna studies.
-        tracking_uri / experiment: where MLflow records go.
+        directory: the sweep's directory (the trials' work directories).
+        store: the sweep's Optuna studies.
+        ledger: its MLflow records.
         cluster: a connected Ray cluster.
         concurrency: trials at a time.
         resources: GPUs and CPUs each trial asks for.
-        trial_fn: what a worker runs (``qsweep.orchestrator.trial.worker.execute``; benchmarks pass a stub).
+        trial_fn: what a worker runs (``qsweep.orchestrator.trial.worker.execute``; benchmarks
+            pass a stub).
         observe: called with the tally whenever it changes.
     """
 
-    def __init__(self, plan: Plan, directory: SweepDir, state: SweepState, store: StudyStore,
-                 tracking_uri: str, experiment: str, cluster: Cluster, concurrency: int,
-                 resources: TrialResources, trial_fn: Callable[..., TrialOutcome],
-                 observe: Observer | None = None, poll_s: float = 0.2):
-        self.plan, self.spec = plan, plan.spec
-        self.directory, self.state, self.store = directory, state, store
-        self.uri, self.experiment = tracking_uri, experiment
+    def __init__(self, plan: Plan, directory: SweepDir, store: StudyStore, ledger: RunLedger,
+                 cluster: Cluster, *, concurrency: int, resources: TrialResources,
+                 trial_fn: Callable[..., TrialOutcome], observe: Observer | None = None, poll_s: float = 0.2):
+        self.plan, self.spec, self.directory = plan, plan.spec, directory
+        self.store, self.ledger = store, ledger
         self.cluster, self.concurrency, self.resources = cluster, concurrency, resources
         self.trial_fn, self.observe, self.poll_s = trial_fn, observe or (lambda tally: None), poll_s
         self.tally = Tally(total=plan.total_trials)
         self.in_flight: dict[Any, Running] = {}
+        self.opening: dict[futures.Future, tuple[StudyPlan, TrialRecord]] = {}
+        """Trials whose MLflow run is being opened (in the background) before they start."""
         self.backlog: deque[tuple[StudyPlan, TrialRecord]] = deque()
         self.remaining: dict[str, int] = {}
-        self.children: dict[str, str] = {}
-        self.parent: MlflowTracker | None = None
         self.pruning = bool(self.spec.search and self.spec.search.pruner)
         self._studies = plan.studies()
-        self._by_name = {p.name: p for p in self._studies}
         self._cursor = 0
-        # MLflow writes (opening and closing trial runs) happen in the background: the loop
-        # only waits for what a trial needs to start, its run id. A local SQLite store gets one
-        # writer thread; a tracking server several.
-        self._records = futures.ThreadPoolExecutor(
-            max_workers=8 if tracking_uri.startswith(("http://", "https://")) else 1,
-            thread_name_prefix="mlflow")
-        self.opening: dict[futures.Future, tuple[StudyPlan, TrialRecord]] = {}
-        self.closing: list[futures.Future] = []
         self.usage = Usage(compute_gpus=resources.compute_gpus,
                            capacity=concurrency * resources.gpus if resources.gpus else concurrency)
 
+    @property
+    def parent(self) -> MlflowTracker | None:
+        """The sweep's MLflow parent run."""
+        return self.ledger.parent
+
     # ----------------------------------------------------------------- set-up
-    def open_parent(self) -> MlflowTracker:
-        """The sweep's parent run: found by the sweep id, or created once."""
-        if self.state.parent_run_id:
-            parent = MlflowTracker.attach(self.uri, self.state.parent_run_id)
-            parent.reopen()
-        else:
-            found = find_runs(self.uri, self.experiment, {"qsweep.sweep_id": self.state.sweep_id,
-                                                          "qsweep.role": "sweep"})
-            if found:
-                parent = MlflowTracker.attach(self.uri, found[0].info.run_id)
-                parent.reopen()
-            else:
-                parent = MlflowTracker.start(self.uri, self.experiment, self.spec.name, tags={
-                    "qsweep.role": "sweep", "qsweep.sweep": self.spec.name,
-                    "qsweep.sweep_id": self.state.sweep_id})
-                self._describe_parent(parent)
-            self.state.parent_run_id = parent.run_id
-            self.directory.save(self.state)
-        self.parent = parent
-        return parent
-
-    def _describe_parent(self, parent: MlflowTracker) -> None:
-        from qsweep.orchestrator.trial.fingerprint import environment_fingerprint
-
-        spec = self.spec
-        parent.log_params({
-            "sweep.cells": len(self.plan.cells), "sweep.seeds": spec.seeds,
-            "sweep.trials": self.plan.total_trials, "sweep.grid": {a.name: [lbl for lbl, _ in a.values]
-                                                                   for a in spec.axes()},
-            "sweep.search": list(spec.search.space) if spec.search else None,
-            "sweep.sampler": spec.search.sampler if spec.search else None,
-            "sweep.objectives": [f"{o.direction} {o.metric}" for o in spec.objectives],
-        })
-        fingerprint = environment_fingerprint()
-        parent.set_tags({"qsweep.project_commit": str(fingerprint["project_commit"]),
-                         "qsweep.fingerprint": self.state.fingerprint})
-        redacted = self.directory.path / "spec.redacted.yaml"
-        text = self.directory.spec_file.read_text()
-        base_uri = self.plan.base.get("tracking", {}).get("uri")
-        for uri in (spec.storage.optuna, spec.storage.tracking, base_uri):
-            if uri:
-                text = text.replace(uri, redact(uri))
-        redacted.write_text(text)
-        parent.log_artifact(redacted)
-        plan_file = self.directory.path / "plan.json"
-        import json
-
-        plan_file.write_text(json.dumps([{"cell": c.key, "labels": c.labels, "settings": c.settings}
-                                         for c in self.plan.cells], indent=1, default=str))
-        parent.log_artifact(plan_file)
-
     def recover(self) -> None:
         """Find what earlier drivers did: finished trials, and trials left running."""
-        for run in find_runs(self.uri, self.experiment, {"qsweep.sweep_id": self.state.sweep_id,
-                                                         "qsweep.role": "trial"}):
-            key = run.data.tags.get("qsweep.trial_key")
-            if key:
-                self.children.setdefault(key, run.info.run_id)
+        self.ledger.open_parent()
+        self.ledger.find_children()
         for planned in self._studies:
-            records = self.store.trials(planned)
             asked = 0
-            for record in records:
+            for record in self.store.trials(planned):
                 if record.state == "WAITING":
                     continue  # queued parameters (search.enqueue): the next asks take them
                 asked += 1
                 if record.state in DONE_STATES:
-                    self._count(record.state, record.outcome.get("status"))
+                    status = record.outcome.get("status") or TrialStatus.of_optuna_state(record.state)
+                    self.tally.count(status)
                 elif record.state == "RUNNING" and not self._settle_from_run(planned, record):
                     self.backlog.append((planned, record))
                     self.tally.resumed += 1
             self.remaining[planned.name] = max(0, planned.n_trials - asked)
         self.observe(self.tally)
 
-    def _count(self, state: str, status: str | None) -> None:
-        name = status or TrialStatus.of_optuna_state(state)
-        self.tally.done[name] = self.tally.done.get(name, 0) + 1
-
     def _settle_from_run(self, planned: StudyPlan, record: TrialRecord) -> bool:
         """Tell Optuna about a trial whose run ended while no driver listened; True if it had."""
-        key = trial_key(planned, record.number)
-        run_id = self.children.get(key) or record.attrs.get("run_id")
-        if run_id is None:
+        key = planned.trial_key(record.number)
+        ended = self.ledger.recorded_end(key, record.attrs.get("run_id"))
+        if ended is None:
             return False
-        run = MlflowTracker.attach(self.uri, run_id).client.get_run(run_id)
-        status = run.data.tags.get("qsweep.status")
-        if status not in (TrialStatus.FINISHED, TrialStatus.PRUNED):
+        values = [ended.metrics.get(o.metric) for o in self.spec.objectives]
+        if ended.status == TrialStatus.FINISHED and any(v is None for v in values):
             return False
-        status = TrialStatus(status)
-        values = [run.data.metrics.get(o.metric) for o in self.spec.objectives]
-        if status == TrialStatus.FINISHED and any(v is None for v in values):
-            return False
-        state = status.optuna_state
         self.store.set_attrs(planned, record.number, {"outcome": {
-            "status": status, "reason": run.data.tags.get("qsweep.reason", ""),
-            "phases": phases_from_metrics(run.data.metrics)}})
-        self.store.tell(planned, record.number, state, values if status == TrialStatus.FINISHED else None)
-        self._count(state, status)
-        if status == TrialStatus.FINISHED:
-            self._update_best(key, values[0])
+            "status": ended.status, "reason": ended.reason, "phases": phases_from_metrics(ended.metrics)}})
+        finished = ended.status == TrialStatus.FINISHED
+        self.store.tell(planned, record.number, ended.status.optuna_state, values if finished else None)
+        self.tally.count(ended.status)
+        if finished:
+            self.tally.offer_best(key, values[0], self._maximize)
         return True
+
+    @property
+    def _maximize(self) -> bool:
+        return self.spec.objectives[0].direction == "maximize"
 
     # --------------------------------------------------------------- the loop
     def run(self) -> Tally:
@@ -259,13 +164,10 @@ class SweepDriver:
             self._interrupt()
             raise
         finally:
-            self._flush_records()
-        assert self.parent is not None
+            self.ledger.flush(self.opening)
         if self.usage.trials:
             self.tally.usage = self.usage.summary(time.monotonic() - began)
-            self.parent.log_metrics(self.tally.usage.metrics(), step=0)
-        self.parent.set_tags({"qsweep.status": TrialStatus.FINISHED})
-        self.parent.finish(TrialStatus.FINISHED.mlflow_status)
+        self.ledger.finish(TrialStatus.FINISHED, self.tally.usage.metrics() if self.tally.usage else None)
         return self.tally
 
     def _fill(self) -> None:
@@ -274,19 +176,10 @@ class SweepDriver:
             work = self._next()
             if work is None:
                 break
-            planned, record = work
-            key = trial_key(planned, record.number)
-            self.opening[self._records.submit(self._child_run, planned, record, key)] = (planned, record)
+            self.opening[self.ledger.open_child(*work)] = work
         for future in [f for f in self.opening if f.done()]:
             planned, record = self.opening.pop(future)
             self._submit(planned, record, future.result())
-
-    def _flush_records(self) -> None:
-        """Wait for the MLflow writes still in the background (runs being opened or closed)."""
-        for future in futures.as_completed([*self.closing, *self.opening]):
-            if future.exception() is not None:
-                log.error("an MLflow record failed: %s", future.exception())
-        self.closing.clear()
 
     def _next(self) -> tuple[StudyPlan, TrialRecord] | None:
         if self.backlog:
@@ -301,14 +194,15 @@ class SweepDriver:
         return None
 
     def _submit(self, planned: StudyPlan, record: TrialRecord, run: MlflowTracker) -> None:
-        key = trial_key(planned, record.number)
+        key = planned.trial_key(record.number)
         adjust = dict(record.attrs.get("adjust") or {})
         oom_retries = int(record.attrs.get("oom_retries", 0))
         workdir = self.directory.trial_dir(planned, record.number)
         config = self.plan.trial_config(planned.cell, planned.seed, {**record.params, **adjust})
         pruner = self.spec.search.pruner if self.spec.search else None
-        request = TrialRequest(key=key, config=config.to_dict(), run_id=run.run_id, tracking_uri=self.uri,
-                               workdir=str(workdir), objective=self.spec.objectives[0].metric,
+        request = TrialRequest(key=key, config=config.to_dict(), run_id=run.run_id,
+                               tracking_uri=self.ledger.uri, workdir=str(workdir),
+                               objective=self.spec.objectives[0].metric,
                                report_every=pruner.report_every if pruner else None,
                                submitted_at=time.time(), gpu_lease=self.resources.overlap,
                                load_ahead=self.resources.load_ahead,
@@ -320,26 +214,6 @@ class SweepDriver:
         self.in_flight[ref] = Running(planned, record.number, key, run, request, oom_retries)
         self.tally.running = len(self.in_flight)
         self.observe(self.tally)
-
-    def _child_run(self, planned: StudyPlan, record: TrialRecord, key: str) -> MlflowTracker:
-        run_id = self.children.get(key) or record.attrs.get("run_id")
-        if run_id:
-            run = MlflowTracker.attach(self.uri, run_id)
-            run.reopen()
-            run.set_tags({"qsweep.status": TrialStatus.RUNNING})
-            return run
-        assert self.parent is not None
-        tags = {"qsweep.role": "trial", "qsweep.sweep": self.spec.name,
-                "qsweep.sweep_id": self.state.sweep_id,
-                "qsweep.trial_key": key, "qsweep.cell": planned.cell.key, "qsweep.seed": str(planned.seed),
-                "qsweep.optuna_study": planned.name, "qsweep.optuna_trial": str(record.number),
-                "qsweep.status": "scheduled",
-                **{f"qsweep.axis.{axis}": label for axis, label in planned.cell.labels.items()}}
-        name = f"{planned.cell.describe()} seed={planned.seed} #{record.number}"
-        run = MlflowTracker.start(self.uri, self.experiment, name, tags=tags,
-                                  parent_run_id=self.parent.run_id)
-        self.children[key] = run.run_id
-        return run
 
     def _relay_reports(self) -> None:
         if not self.pruning:
@@ -394,42 +268,29 @@ class SweepDriver:
             "status": status, "reason": reason, "seconds": round(outcome.seconds, 3), "host": outcome.host,
             "resumed_from_step": outcome.resumed_from_step, "phases": outcome.phases}})
         self.store.tell(entry.planned, entry.number, state, values if state == "COMPLETE" else None)
-        tags = {"qsweep.status": status, "qsweep.reason": reason}
+        tags = {"qsweep.reason": reason}
         if outcome.resumed_from_step:
             tags["qsweep.resumed_from_step"] = str(outcome.resumed_from_step)
-        self.closing.append(self._records.submit(_close_run, entry.run, tags, status.mlflow_status))
+        self.ledger.close_child(entry.run, status, tags)
         if status.is_failure:
             log.warning("trial %s %s: %s", entry.key, status, reason)
             status = TrialStatus.FAILED
-        self.tally.done[status] = self.tally.done.get(status, 0) + 1
+        self.tally.count(status)
         self.tally.durations.append(time.monotonic() - entry.started)
         self.tally.running = len(self.in_flight)
         if values is not None and state == "COMPLETE":
-            self._update_best(entry.key, values[0])
+            self.tally.offer_best(entry.key, values[0], self._maximize)
         self.observe(self.tally)
-
-    def _update_best(self, key: str, value: float) -> None:
-        better = (self.tally.best is None or
-                  (value > self.tally.best if self.spec.objectives[0].direction == "maximize"
-                   else value < self.tally.best))
-        if better:
-            self.tally.best, self.tally.best_key = value, key
 
     def _interrupt(self) -> None:
         """Ctrl-C: stop the running trials; they stay RUNNING in Optuna and resume next time."""
         log.warning("interrupted: stopping %d running trials", len(self.in_flight))
-        for ref, entry in self.in_flight.items():
+        for ref in self.in_flight:
             self.cluster.cancel(ref)
-            try:
-                entry.run.set_tags({"qsweep.status": TrialStatus.INTERRUPTED})
-                entry.run.finish(TrialStatus.INTERRUPTED.mlflow_status)
-            except Exception:  # noqa: BLE001 - stopping matters more than this record
-                log.exception("could not mark %s interrupted", entry.key)
+        runs = {entry.key: entry.run for entry in self.in_flight.values()}
         self.in_flight.clear()
-        self._flush_records()
-        if self.parent is not None:
-            self.parent.set_tags({"qsweep.status": TrialStatus.INTERRUPTED})
-            self.parent.finish(TrialStatus.INTERRUPTED.mlflow_status)
+        self.ledger.flush(self.opening)
+        self.ledger.interrupt(runs)
 
 
 def smaller_micro_batch(train: dict[str, Any], retries: int, limit: int) -> dict[str, int] | None:
@@ -440,11 +301,6 @@ def smaller_micro_batch(train: dict[str, Any], retries: int, limit: int) -> dict
     if retries >= limit or micro < 2:
         return None
     return {"train.micro_batch_size": micro // 2, "train.grad_accum_steps": accum * 2}
-
-
-def _close_run(run: MlflowTracker, tags: dict[str, str], status: str) -> None:
-    run.set_tags(tags)
-    run.finish(status)
 
 
 def _searched(request: TrialRequest, spec: Any) -> dict[str, Any]:

@@ -40,6 +40,7 @@ class PreparedSweep:
         from qsweep.orchestrator.adapters.cluster import Cluster
         from qsweep.orchestrator.adapters.search import StudyStore
         from qsweep.orchestrator.sweep.driver import SweepDriver
+        from qsweep.orchestrator.sweep.ledger import RunLedger
 
         spec = self.plan.spec
         self._cluster = Cluster(address, num_gpus, num_cpus)
@@ -63,9 +64,9 @@ class PreparedSweep:
                           f"{capacity.cpus:g} CPUs ({resources.cpus:g} per trial; no GPU in the cluster: "
                           "trials run on CPU)")
         self._store = StudyStore(self.optuna_url, spec)
-        driver = SweepDriver(self.plan, self.directory, self.state, self._store, self.tracking_uri,
-                             self.experiment, self._cluster, limit, resources, trial_fn)
-        driver.open_parent()
+        ledger = RunLedger(self.tracking_uri, self.experiment, self.plan, self.directory, self.state)
+        driver = SweepDriver(self.plan, self.directory, self._store, ledger, self._cluster, concurrency=limit,
+                             resources=resources, trial_fn=trial_fn)
         driver.recover()
         return driver
 

@@ -70,6 +70,10 @@ class StudyPlan:
         """The Optuna study name: unique per sweep, cell and seed."""
         return f"{self.sweep}/{self.cell.key}/seed{self.seed}"
 
+    def trial_key(self, number: int) -> str:
+        """A trial's identity across Optuna, MLflow (``qsweep.trial_key``) and its work directory."""
+        return f"{self.cell.key}/seed{self.seed}/t{number}"
+
     @property
     def sampler_seed(self) -> int:
         """Seed of the study's sampler: from the sweep, the cell's labels and the seed — the same

@@ -22,6 +22,7 @@ from qsweep.orchestrator.adapters.cluster import TrialCrashed, TrialResources
 from qsweep.orchestrator.adapters.search import StudyStore, sqlite_url
 from qsweep.orchestrator.adapters.tracking import MlflowTracker
 from qsweep.orchestrator.sweep.driver import SweepDriver, smaller_micro_batch
+from qsweep.orchestrator.sweep.ledger import RunLedger
 from qsweep.orchestrator.sweep.planning import load_plan
 from qsweep.orchestrator.sweep.sweep_dir import SweepDir
 from qsweep.orchestrator.trial.worker import TrialOutcome, TrialRequest
@@ -122,11 +123,10 @@ def sweep(tmp_path: Path, tiny_trial) -> Callable[..., Any]:
         directory = SweepDir.of(tmp_path / "runs", plan.spec.name)
         state = directory.load() if directory.exists() else directory.create(plan)
         cluster = FakeCluster(behave, fail_wait=fail_wait)
-        driver = SweepDriver(plan, directory, state, StudyStore(sqlite_url(directory.optuna_file), plan.spec),
-                             spec["storage"]["tracking"], "fake", cluster, concurrency=2,
-                             resources=TrialResources(gpus=0, cpus=1), trial_fn=lambda *args: None,
-                             poll_s=0.01)
-        driver.open_parent()
+        ledger = RunLedger(spec["storage"]["tracking"], "fake", plan, directory, state)
+        store = StudyStore(sqlite_url(directory.optuna_file), plan.spec)
+        driver = SweepDriver(plan, directory, store, ledger, cluster, concurrency=2,
+                             resources=TrialResources(gpus=0, cpus=1), trial_fn=lambda *_: None, poll_s=0.01)
         driver.recover()
         return driver, cluster
 
@@ -141,7 +141,7 @@ def optuna_states(driver: SweepDriver) -> dict[str, list[str]]:
 
 
 def trial_runs(driver: SweepDriver) -> dict[str, Any]:
-    client = MlflowClient(driver.uri)
+    client = MlflowClient(driver.ledger.uri)
     experiment = client.get_experiment_by_name("fake").experiment_id
     runs = client.search_runs([experiment], "tags.`qsweep.role` = 'trial'")
     return {run.data.tags["qsweep.trial_key"]: run for run in runs}
@@ -157,7 +157,7 @@ def test_every_trial_ends_once_and_is_recorded(sweep) -> None:
     assert {(run.info.status, run.data.tags["qsweep.status"]) for run in runs.values()} == {
         ("FINISHED", "finished")}
     assert {r.run_id for r in cluster.requests} == {run.info.run_id for run in runs.values()}
-    assert MlflowClient(driver.uri).get_run(driver.parent.run_id).info.status == "FINISHED"
+    assert MlflowClient(driver.ledger.uri).get_run(driver.parent.run_id).info.status == "FINISHED"
 
 
 def test_out_of_memory_is_retried_with_half_the_micro_batch_until_the_limit(sweep) -> None:
