@@ -50,9 +50,7 @@ def test_the_demo_prints_every_cell_and_keeps_the_papers_perplexity_order(demo: 
     assert "†" not in done.stdout  # no cell incomplete
 
     def table(**report: Any) -> Any:
-        from qsweep.orchestrator.report.reporting import spec_layouts
-
-        (layout,) = spec_layouts([ReportSpec(**report)])
+        layout = ReportSpec(**report).layout()
         return make_table(read_sweep(demo["uri"], EXPERIMENT, "demo", [layout.metric]), layout)
 
     step0 = table(preset="table2")

@@ -1,4 +1,7 @@
-"""What a report table shows (:class:`Layout`) and the paper's layouts (:data:`PRESETS`).
+"""What a report table shows (:class:`Layout`), the paper's layouts (:data:`PRESETS`), and the
+one way a partial description becomes a layout (:func:`layout_from`: a preset and the fields
+that replace its own, from a spec's ``reports`` entry — ``ReportSpec.layout()`` — or the
+command line).
 
 Kept apart from ``qsweep.orchestrator.report.reporting`` (statistics, plots) so that the sweep spec can check
 its ``reports`` section against the presets without importing scipy or matplotlib.
@@ -7,6 +10,9 @@ its ``reports`` section against the presets without importing scipy or matplotli
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from qsweep.trainers.errors import ReportError
 
 
 @dataclass(frozen=True)
@@ -38,3 +44,21 @@ PRESETS: dict[str, Layout] = {
 }
 """The paper's layouts. Sweeps name their data-type axis ``data_type`` (and, for Table 4,
 ``model`` and ``dataset``); a spec's ``reports`` entry or the command line can change any field."""
+
+
+def layout_from(preset: str | None, overrides: dict[str, Any]) -> Layout:
+    """A layout from a preset and the fields that replace its own (a spec's ``reports`` entry,
+    the command line)."""
+    base = PRESETS[preset] if preset else None
+    values: dict[str, Any] = {**(base.__dict__ if base else {}), **overrides}
+    if "compare" in values and values["compare"] is not None:
+        values["compare"] = tuple(values["compare"])
+    missing = [key for key in ("rows", "metric") if not values.get(key)]
+    if missing:
+        raise ReportError(f"the report needs {' and '.join(missing)}: give --preset (table2, table4), "
+                          "a reports entry in the spec, or --rows/--metric")
+    known = set(Layout.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ReportError(f"report: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return Layout(**values)

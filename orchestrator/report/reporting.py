@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from qsweep.evaluation.statistics import Comparison, paired_t_test
-from qsweep.orchestrator.report.layouts import PRESETS, Layout
+from qsweep.orchestrator.report.layouts import Layout
 from qsweep.orchestrator.report.tables import ReportedTrial, Table, build_table, to_csv, to_latex, to_markdown
 from qsweep.trainers.errors import ReportError
 
@@ -29,29 +29,6 @@ class SweepRecords:
     seeds: list[int]
     axes: dict[str, list[str]]
     trials: list[ReportedTrial]
-
-
-def layout_from(preset: str | None, overrides: dict[str, Any]) -> Layout:
-    """A layout from a preset and the fields that replace its own (a spec's ``reports`` entry,
-    the command line)."""
-    base = PRESETS[preset] if preset else None
-    values: dict[str, Any] = {**(base.__dict__ if base else {}), **overrides}
-    if "compare" in values and values["compare"] is not None:
-        values["compare"] = tuple(values["compare"])
-    missing = [key for key in ("rows", "metric") if not values.get(key)]
-    if missing:
-        raise ReportError(f"the report needs {' and '.join(missing)}: give --preset (table2, table4), "
-                          "a reports entry in the spec, or --rows/--metric")
-    known = set(Layout.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ReportError(f"report: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return Layout(**values)
-
-
-def spec_layouts(reports: list[Any]) -> list[Layout]:
-    """The layouts of a sweep spec's ``reports`` entries (``qsweep.orchestrator.sweep.spec.ReportSpec``)."""
-    return [layout_from(report.preset, report.overrides()) for report in reports]
 
 
 def read_sweep(uri: str, experiment: str, sweep: str, metrics: list[str]) -> SweepRecords:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from qsweep.orchestrator.report.layouts import PRESETS
+from qsweep.orchestrator.report.layouts import PRESETS, Layout, layout_from
 from qsweep.trainers.config import ConfigProblems, ConfigSection
 from qsweep.trainers.config_loading import describe
 
@@ -337,6 +337,10 @@ class ReportSpec(ConfigSection):
     def overrides(self) -> dict[str, Any]:
         """The fields set here (what replaces the preset's)."""
         return {key: value for key, value in self.model_dump(exclude={"preset"}).items() if value is not None}
+
+    def layout(self) -> Layout:
+        """The complete table this entry describes: its preset with the fields given here."""
+        return layout_from(self.preset, self.overrides())
 
 
 class StorageSpec(ConfigSection):

@@ -55,7 +55,7 @@ def _where(args: argparse.Namespace) -> tuple[str, str, list[Any]]:
         return uri, args.experiment or experiment, list(plan.spec.reports)
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        from qsweep.orchestrator.report.reporting import ReportError
+        from qsweep.trainers.errors import ReportError
 
         raise ReportError(f"no local sweep {args.sweep!r} in {args.root}: pass --tracking-uri (or set "
                           "MLFLOW_TRACKING_URI) and --experiment")
@@ -89,7 +89,8 @@ def publish(uri: str, experiment: str, sweep: str, layouts: list[Any], out: Path
 
 def run(args: argparse.Namespace) -> int:
     from qsweep.orchestrator.adapters.tracking import check_reachable
-    from qsweep.orchestrator.report.reporting import ReportError, layout_from, spec_layouts
+    from qsweep.orchestrator.report.layouts import layout_from
+    from qsweep.trainers.errors import ReportError
 
     uri, experiment, spec_reports = _where(args)
     overrides = {key: value for key, value in {
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if args.preset or overrides:
         layouts = [layout_from(args.preset, overrides)]
     elif spec_reports:
-        layouts = spec_layouts(spec_reports)
+        layouts = [report.layout() for report in spec_reports]
     else:
         raise ReportError("the sweep's spec has no reports section: give --preset (table2, table4) or "
                           "--rows and --metric")

@@ -78,11 +78,10 @@ def sweep_directory(name_or_path: str, root: Path) -> Any:
 def _report(prepared: Any, root: Path) -> None:
     """The spec's report tables, printed and logged on the parent run, once the sweep ended."""
     from qsweep.orchestrator.cli.commands.report import publish
-    from qsweep.orchestrator.report.reporting import spec_layouts
 
     name = prepared.plan.spec.name
-    publish(prepared.tracking_uri, prepared.experiment, name, spec_layouts(prepared.plan.spec.reports),
-            root / "reports" / name)
+    layouts = [report.layout() for report in prepared.plan.spec.reports]
+    publish(prepared.tracking_uri, prepared.experiment, name, layouts, root / "reports" / name)
 
 
 def _launch(plan: Any, args: argparse.Namespace) -> int:
