@@ -67,8 +67,15 @@ def measure(args: argparse.Namespace) -> dict:
         phases, source = phases_of_run(client, run)
         sources.add(source)
         tags = run.data.tags
+        losses = sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
+        stamps = [m.timestamp / 1000 for m in losses]
         rows.append({"cell": tags.get("qsweep.axis.data_type"), "seed": tags.get("qsweep.seed"),
                      "status": tags.get("qsweep.status"), "phases": phases,
+                     # when each step's loss was logged: step times, and where the train phase
+                     # spent time outside its steps (first step, final checkpoint)
+                     "step_s": [round(b - a, 3) for a, b in zip(stamps, stamps[1:], strict=False)],
+                     "first_step_logged": stamps[0] if stamps else None,
+                     "last_step_logged": stamps[-1] if stamps else None,
                      "opened": run.info.start_time / 1000,
                      "ended": (run.info.end_time / 1000) if run.info.end_time else None})
     ended = [r for r in rows if r["ended"] is not None and r["status"] == "finished"]
