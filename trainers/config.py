@@ -169,6 +169,11 @@ class TrainConfig(ConfigSection):
     """Sequences per forward/backward pass."""
     grad_accum_steps: int = Field(16, gt=0)
     """Micro-batches per optimizer step; the batch is micro_batch_size x grad_accum_steps."""
+    group_by_length: bool = False
+    """Within each optimizer step, form the micro-batches from examples of similar length (the
+    step's examples sorted by length): less padding, the same examples per step and, as the
+    loss is normalized by the step's target tokens, the same loss and gradients up to float
+    rounding. Helps only with grad_accum_steps > 1."""
     learning_rate: float = Field(2e-4, gt=0)
     """Peak learning rate (paper: 2e-4 for 7B/13B, 1e-4 above)."""
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
@@ -326,6 +331,10 @@ class TrainingConfig(BaseModel):
                 flat[f"{section}.{key}"] = value
         return flat
 
+    ADDED_TRAIN_OPTIONS: ClassVar[dict[str, Any]] = {"group_by_length": False}
+    """Train options added after trials were recorded, with the value that leaves training as
+    it was: left out of the identity at that value."""
+
     def identity(self) -> dict[str, Any]:
         """The settings that define what the trial computes.
 
@@ -339,6 +348,9 @@ class TrainingConfig(BaseModel):
             values["quant"].pop("double_quant")
         for key in ("checkpoint_every", "keep_checkpoints", "device"):
             values["train"].pop(key)
+        for key, off in self.ADDED_TRAIN_OPTIONS.items():  # so earlier trials keep their hash
+            if values["train"].get(key) == off:
+                values["train"].pop(key)
         return values
 
     def content_hash(self) -> str:

@@ -85,6 +85,23 @@ class BatchOrder:
         return position / self.batches_per_epoch
 
 
+def group_by_length(micro_batches: list[list[int]], lengths: list[int]) -> list[list[int]]:
+    """The examples of one optimizer step regrouped so that each micro-batch holds examples of
+    similar length (``train.group_by_length``).
+
+    The step's examples, longest first (ties in their original order), refill micro-batches of
+    the same sizes: the step sees the same examples, and padding to each micro-batch's longest
+    shrinks. Deterministic, so a resumed run regroups exactly as the uninterrupted one did.
+    """
+    pooled = [index for batch in micro_batches for index in batch]
+    pooled.sort(key=lambda index: -lengths[index])  # stable: equal lengths keep their order
+    grouped, start = [], 0
+    for batch in micro_batches:
+        grouped.append(pooled[start : start + len(batch)])
+        start += len(batch)
+    return grouped
+
+
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a micro-batch to its longest sequence; padding is masked and unlabeled.
 

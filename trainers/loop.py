@@ -33,7 +33,7 @@ from qsweep.trainers import checkpoint as ckpt
 from qsweep.trainers.config import TrainingConfig
 from qsweep.trainers.data_recipes import load_records
 from qsweep.trainers.errors import ResumeMismatch
-from qsweep.trainers.examples import IGNORE_INDEX, BatchOrder, Example, collate, tokenize
+from qsweep.trainers.examples import IGNORE_INDEX, BatchOrder, Example, collate, group_by_length, tokenize
 from qsweep.trainers.faults import StepHook
 from qsweep.trainers.metrics import MemoryMeter, StepMetrics, TrainResult
 from qsweep.trainers.model import (
@@ -164,6 +164,7 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
     meter = MemoryMeter(device)
     meter.reset()
     pad_id = qlora.tokenizer.pad_token_id
+    lengths = [len(example.input_ids) for example in setup.examples]
     autocast = _autocast(cfg, device)
     history: list[StepMetrics] = []
     status, reason = TrialStatus.FINISHED, f"trained {train_cfg.max_steps} steps"
@@ -172,10 +173,10 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
         if before_step is not None:
             before_step(step + 1, train_cfg.micro_batch_size)
         started = clock()
-        batches = [
-            collate([setup.examples[i] for i in order.micro_batch(position + k)], pad_id)
-            for k in range(train_cfg.grad_accum_steps)
-        ]
+        step_batches = [order.micro_batch(position + k) for k in range(train_cfg.grad_accum_steps)]
+        if train_cfg.group_by_length:
+            step_batches = group_by_length(step_batches, lengths)
+        batches = [collate([setup.examples[i] for i in indices], pad_id) for indices in step_batches]
         # Normalize by the step's target tokens, not per micro-batch: every token weighs
         # the same whatever the padding and accumulation. Counted on the host: no sync.
         target_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)

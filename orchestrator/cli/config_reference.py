@@ -32,7 +32,8 @@ from qsweep.orchestrator.sweep.spec import (
 from qsweep.orchestrator.trial.config import TrialConfig
 from qsweep.trainers.data_recipes import RECIPES, TEMPLATES
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+"""The checkout's docs/ (this generator is a developer tool: run it from a checkout)."""
 
 
 def _format_type(annotation: Any) -> str:

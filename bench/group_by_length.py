@@ -1,0 +1,76 @@
+"""``train.group_by_length`` on a GPU: real tokens/s and peak memory through ``qsweep train``.
+
+The trial of ``trial-8b.yaml`` (Llama-3-8B shape, NF4+DQ, LoRA r=64 on every linear layer,
+gradient checkpointing, ``mmlu-heldout``: about 150 tokens an example) at the paper's effective
+batch of 16 as micro-batch 4 x 4 accumulation steps, with the step's micro-batches as drawn
+(plain) and grouped by length, alternating, each in a fresh process and work directory. The
+trainer counts real tokens only (padding excluded), so tokens/s compares the layouts directly.
+
+    source bench/gpu_setup.sh
+    python3 bench/group_by_length.py --out $OUT/group_by_length.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workers import environment  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {"plain": "train.group_by_length=false", "grouped": "train.group_by_length=true"}
+
+
+def run(variant: str, args: argparse.Namespace, index: int) -> dict:
+    workdir = Path(args.work) / f"{variant}-{index}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    config = ROOT / "bench" / "trial-8b.yaml"
+    command = [sys.executable, "-m", "qsweep.orchestrator.cli", "train", str(config), VARIANTS[variant],
+               f"train.max_steps={args.steps}", f"train.micro_batch_size={args.micro}",
+               f"train.grad_accum_steps={args.accum}", "train.checkpoint_every=0", f"--workdir={workdir}"]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        return {"variant": variant, "error": done.stderr[-2000:], "wall_s": round(wall, 1)}
+    summary = json.loads((workdir / "result.json").read_text())
+    steps = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    timed = steps[args.warmup:]  # the first steps include CUDA warm-up
+    tokens, seconds = sum(s["tokens"] for s in timed), sum(s["step_time_s"] for s in timed)
+    return {"variant": variant, "wall_s": round(wall, 1), "steps": len(steps),
+            "tokens_per_s_after_warmup": round(tokens / seconds, 1),
+            "tokens_per_s_reported": summary.get("tokens_per_s"),
+            "peak_memory_gib": round(max(s["peak_memory_bytes"] for s in steps) / 2**30, 2),
+            "losses": [round(s["loss"], 4) for s in steps]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=14)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--micro", type=int, default=4)
+    parser.add_argument("--accum", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--work", default="/tmp/group-by-length")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    runs = [run(variant, args, i) for i in range(args.repeats) for variant in VARIANTS]
+    medians = {variant: statistics.median(r["tokens_per_s_after_warmup"] for r in runs
+                                          if r["variant"] == variant and "error" not in r)
+               for variant in VARIANTS if any(r["variant"] == variant and "error" not in r for r in runs)}
+    result = {"micro_batch_size": args.micro, "grad_accum_steps": args.accum, "steps": args.steps,
+              "warmup": args.warmup, "runs": runs, "median_tokens_per_s": medians,
+              "environment": environment()}
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "environment"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

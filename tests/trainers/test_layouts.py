@@ -1,0 +1,122 @@
+"""How a step's examples are laid out into micro-batches (``train.group_by_length``) changes
+padding, not training: the same examples per step, the same loss and LoRA gradients, the same
+loss curve, and an exact resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from qsweep.trainers.examples import IGNORE_INDEX, BatchOrder, collate, group_by_length
+from qsweep.trainers.loop import prepare, train
+
+
+def padding(micro_batches: list[list[int]], lengths: list[int]) -> int:
+    return sum(max(lengths[i] for i in batch) * len(batch) - sum(lengths[i] for i in batch)
+               for batch in micro_batches)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_step_keeps_its_examples_and_sizes_and_pads_less(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, 300, size=50).tolist()
+    order = BatchOrder(len(lengths), micro_batch_size=int(rng.integers(1, 6)), seed=seed)
+    accum = int(rng.integers(1, 8))
+    position = int(rng.integers(0, 40))
+    plain = [order.micro_batch(position + k) for k in range(accum)]
+    grouped = group_by_length(plain, lengths)
+
+    assert sorted(i for b in grouped for i in b) == sorted(i for b in plain for i in b)
+    assert [len(b) for b in grouped] == [len(b) for b in plain]
+    flat = [lengths[i] for b in grouped for i in b]
+    assert flat == sorted(flat, reverse=True)
+    assert padding(grouped, lengths) <= padding(plain, lengths)
+    assert group_by_length(plain, lengths) == grouped  # deterministic
+
+
+@pytest.fixture(scope="module")
+def varied_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Prompts and responses of very different lengths (4 to 60 words)."""
+    words = "the cat sat on a mat while rain fell over quiet hills and rivers".split()  # noqa: SIM905
+    rows = [{"prompt": "Q: " + " ".join(words[(i * 7 + j) % len(words)] for j in range(4 + (i * 13) % 57)),
+             "response": " A: " + " ".join(words[(i + j) % len(words)] for j in range(1 + (i * 5) % 9))}
+            for i in range(24)]
+    path = tmp_path_factory.mktemp("varied") / "varied.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def layout(varied_data: Path, **train) -> dict:
+    return {"data": {"path": str(varied_data)}, "lora": {"dropout": 0.0},
+            "train": {"micro_batch_size": 2, "grad_accum_steps": 4, "max_steps": 6, **train}}
+
+
+def step_loss_and_grads(setup, micro_batches: list[list[int]]) -> tuple[float, dict[str, torch.Tensor]]:
+    """One optimizer step's loss and LoRA gradients, computed as the training loop does."""
+    model, pad_id = setup.qlora.model, setup.qlora.tokenizer.pad_token_id
+    model.zero_grad(set_to_none=True)
+    batches = [collate([setup.examples[i] for i in batch], pad_id) for batch in micro_batches]
+    target_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    total = 0.0
+    for batch in batches:
+        loss = model(**batch, num_items_in_batch=target_tokens).loss
+        loss.backward()
+        total += float(loss.detach())
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    return total, grads
+
+
+def test_grouping_gives_the_plain_step_loss_and_lora_gradients(tiny_config, varied_data: Path) -> None:
+    cfg = tiny_config(**layout(varied_data))
+    setup = prepare(cfg)
+    lengths = [len(e.input_ids) for e in setup.examples]
+    order = BatchOrder(len(lengths), 2, seed=0)
+    plain = [order.micro_batch(k) for k in range(4)]
+    grouped = group_by_length(plain, lengths)
+    assert grouped != plain and padding(grouped, lengths) < padding(plain, lengths)
+
+    plain_loss, plain_grads = step_loss_and_grads(setup, plain)
+    grouped_loss, grouped_grads = step_loss_and_grads(setup, grouped)
+    assert grouped_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert plain_grads.keys() == grouped_grads.keys() and len(plain_grads) > 0
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grouped_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_grouped_run_follows_the_plain_loss_curve(tiny_config, varied_data: Path, tmp_path: Path) -> None:
+    plain = train(tiny_config(**layout(varied_data)), tmp_path / "plain")
+    grouped = train(tiny_config(**layout(varied_data, group_by_length=True)), tmp_path / "grouped")
+    assert [m.step for m in grouped.history] == [m.step for m in plain.history] == list(range(1, 7))
+    assert [m.loss for m in grouped.history] == pytest.approx([m.loss for m in plain.history], rel=1e-4)
+    # the same real tokens per step (padding is not counted)
+    assert [m.tokens for m in grouped.history] == [m.tokens for m in plain.history]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_grouped_run_resumes_mid_epoch_with_the_same_losses(tiny_config, varied_data: Path,
+                                                              tmp_path: Path) -> None:
+    # 24 examples, 8 per step: an epoch is 3 steps; the crash at step 5 is mid-epoch
+    cfg = tiny_config(**layout(varied_data, group_by_length=True, checkpoint_every=2))
+    reference = train(cfg, tmp_path / "uninterrupted")
+
+    def crash_at_5(metrics) -> None:
+        if metrics.step == 5:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "interrupted", crash_at_5)
+    resumed = train(cfg, tmp_path / "interrupted")
+    assert resumed.resumed_from_step == 4
+    assert [m.loss for m in resumed.history] == [m.loss for m in reference.history[4:]]
+
+
+def test_grouping_off_keeps_the_hash_of_configs_written_before_it(tiny_config, varied_data: Path) -> None:
+    off, on = tiny_config(**layout(varied_data)), tiny_config(**layout(varied_data, group_by_length=True))
+    assert "group_by_length" not in off.identity()["train"]
+    assert on.identity()["train"]["group_by_length"] is True and on.content_hash() != off.content_hash()
