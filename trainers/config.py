@@ -173,7 +173,8 @@ class TrainConfig(ConfigSection):
     """Within each optimizer step, form the micro-batches from examples of similar length (the
     step's examples sorted by length): less padding, the same examples per step and, as the
     loss is normalized by the step's target tokens, the same loss and gradients up to float
-    rounding. Helps only with grad_accum_steps > 1."""
+    rounding (with lora.dropout > 0 the dropout masks fall differently). Helps only with
+    grad_accum_steps > 1."""
     learning_rate: float = Field(2e-4, gt=0)
     """Peak learning rate (paper: 2e-4 for 7B/13B, 1e-4 above)."""
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
