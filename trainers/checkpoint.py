@@ -6,6 +6,11 @@ Layout of ``<workdir>/checkpoints/step-000250/``::
     optimizer.pt, scheduler.pt, rng.pt               (tensors; loaded with weights_only=True)
     trainer_state.json                               (step, data position, Python/NumPy RNG)
 
+The checkpoint of the last step holds no ``optimizer.pt`` or ``scheduler.pt``: nothing is left
+to train (a run with more steps is another config, refused on resume), and the optimizer's
+state is the largest part of a checkpoint (two float32 moments per adapter weight: 1.3 GB for
+an 8B model with LoRA r=64 on every linear layer).
+
 A checkpoint is written to a temporary directory and renamed into place, so a process killed
 mid-save leaves the previous checkpoint as the latest.
 """
@@ -53,17 +58,19 @@ def latest_checkpoint(workdir: Path) -> Path | None:
 
 
 def save_checkpoint(workdir: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    state: TrainerState, keep: int) -> Path:
-    """Write a checkpoint for ``state.step`` and keep only the newest ``keep``."""
+                    state: TrainerState, keep: int, *, final: bool = False) -> Path:
+    """Write a checkpoint for ``state.step`` and keep only the newest ``keep``; a ``final`` one
+    (the last step) without the optimizer and schedule."""
     root = checkpoint_root(workdir)
-    final = root / f"{_PREFIX}{state.step:06d}"
-    partial = root / f".{final.name}.partial"
+    target = root / f"{_PREFIX}{state.step:06d}"
+    partial = root / f".{target.name}.partial"
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     model.save_pretrained(partial, safe_serialization=True)
-    torch.save(optimizer.state_dict(), partial / "optimizer.pt")
-    torch.save(scheduler.state_dict(), partial / "scheduler.pt")
+    if not final:
+        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+        torch.save(scheduler.state_dict(), partial / "scheduler.pt")
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -75,16 +82,17 @@ def save_checkpoint(workdir: Path, model: Any, optimizer: torch.optim.Optimizer,
         "numpy_rng": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
     }
     (partial / STATE_FILE).write_text(json.dumps(payload, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    partial.rename(final)
+    if target.exists():
+        shutil.rmtree(target)
+    partial.rename(target)
     _prune(root, keep)
-    return final
+    return target
 
 
 def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer,
                     scheduler: Any, device: torch.device) -> TrainerState:
-    """Restore ``model``'s adapter, the optimizer, schedule and RNGs; return the state."""
+    """Restore ``model``'s adapter, the optimizer, schedule and RNGs; return the state (a final
+    checkpoint has no optimizer or schedule to restore: its run has no step left)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -93,9 +101,10 @@ def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer,
     if getattr(result, "unexpected_keys", None):
         raise ValueError(f"checkpoint {path} has adapter weights this model lacks: "
                          f"{result.unexpected_keys[:3]}")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device,
-                                         weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    if (path / "optimizer.pt").is_file():
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device,
+                                             weights_only=True))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():

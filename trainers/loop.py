@@ -227,7 +227,7 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
             state = ckpt.TrainerState(step=step, position=position, last_loss=last_loss,
                                       config_hash=config_hash, config=cfg.identity())
             ckpt.save_checkpoint(workdir, model, optimizer, scheduler, state,
-                                 keep=train_cfg.keep_checkpoints)
+                                 keep=train_cfg.keep_checkpoints, final=step == train_cfg.max_steps)
 
     adapter_dir = None
     if status == TrialStatus.FINISHED:

@@ -58,9 +58,11 @@ def test_checkpoints_hold_every_part_and_old_ones_are_pruned(tiny_config, tmp_pa
     train(tiny_config(**RESUMABLE), tmp_path)
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert kept == ["step-000006", "step-000008"]  # every 3 steps and the last; 2 kept
-    files = {p.name for p in (tmp_path / "checkpoints" / "step-000008").iterdir()}
+    files = {p.name for p in (tmp_path / "checkpoints" / "step-000006").iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "optimizer.pt", "scheduler.pt",
             "rng.pt", "trainer_state.json"} <= files
+    final = {p.name for p in (tmp_path / "checkpoints" / "step-000008").iterdir()}
+    assert final == files - {"optimizer.pt", "scheduler.pt"}  # nothing left to train
     state = read_state(tmp_path / "checkpoints" / "step-000008")
     assert state.step == 8 and state.position == 16
 
