@@ -41,6 +41,8 @@ class TrainerState:
     config_hash: str
     config: dict[str, Any]
     """The identity settings of the run that wrote it (to explain a mismatch)."""
+    micro_batch_size: int | None = None
+    """The micro-batch it trained with (a resumed ``micro_batch_size: auto`` run keeps it)."""
 
 
 def checkpoint_root(workdir: Path) -> Path:

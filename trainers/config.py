@@ -165,10 +165,20 @@ class TrainConfig(ConfigSection):
 
     max_steps: int = Field(10_000, gt=0)
     """Optimizer steps (paper: 10,000 for 7B/13B on Alpaca and FLAN)."""
-    micro_batch_size: int = Field(1, gt=0)
-    """Sequences per forward/backward pass."""
+    micro_batch_size: int | Literal["auto"] = 1
+    """Sequences per forward/backward pass; ``auto``: the largest divisor of batch_size whose
+    micro-batch fits max_memory_gib (the cost model's estimate, then a forward and backward pass
+    of the longest examples), with the accumulation to match; chosen when training starts,
+    recorded on the run and kept by a resumed run."""
     grad_accum_steps: int = Field(16, gt=0)
-    """Micro-batches per optimizer step; the batch is micro_batch_size x grad_accum_steps."""
+    """Micro-batches per optimizer step; the batch is micro_batch_size x grad_accum_steps (with
+    micro_batch_size auto: batch_size / the chosen micro-batch, this value unused)."""
+    batch_size: int | None = Field(None, gt=0)
+    """Examples per optimizer step: micro_batch_size x grad_accum_steps (filled in); required
+    with micro_batch_size auto, which keeps it whatever micro-batch it chooses."""
+    max_memory_gib: float | None = Field(None, gt=0)
+    """GPU memory budget of micro_batch_size auto; default: the GPU's memory less
+    max(2 GiB, 10%)."""
     group_by_length: bool = False
     """Within each optimizer step, form the micro-batches from examples of similar length (the
     step's examples sorted by length): less padding, the same examples per step and, as the
@@ -213,10 +223,34 @@ class TrainConfig(ConfigSection):
             raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
         return value
 
+    @field_validator("micro_batch_size", mode="before")
+    @classmethod
+    def _check_micro_batch(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError(f"must be a positive integer or auto, got {value!r}")
+
+    @model_validator(mode="after")
+    def _check_batch(self) -> TrainConfig:
+        if self.micro_batch_size == "auto":
+            if self.batch_size is None:
+                raise ConfigProblems([("batch_size", "is required with train.micro_batch_size: auto "
+                                                     "(the examples per optimizer step it keeps)")])
+            return self
+        product = self.micro_batch_size * self.grad_accum_steps
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", product)  # frozen: filled in once, here
+        elif self.batch_size != product:
+            raise ConfigProblems([("batch_size", f"must be micro_batch_size x grad_accum_steps "
+                                                 f"({self.micro_batch_size} x {self.grad_accum_steps} = "
+                                                 f"{product}), got {self.batch_size}; or set "
+                                                 "micro_batch_size: auto")])
+        return self
+
     @property
-    def batch_size(self) -> int:
-        """Sequences per optimizer step."""
-        return self.micro_batch_size * self.grad_accum_steps
+    def auto_layout(self) -> bool:
+        """The micro-batch is chosen when training starts (``micro_batch_size: auto``)."""
+        return self.micro_batch_size == "auto"
 
 
 class DataConfig(ConfigSection):
@@ -347,8 +381,11 @@ class TrainingConfig(BaseModel):
         if self.quant.bits != 4:
             values["quant"].pop("type")
             values["quant"].pop("double_quant")
-        for key in ("checkpoint_every", "keep_checkpoints", "device"):
+        for key in ("checkpoint_every", "keep_checkpoints", "device", "max_memory_gib"):
             values["train"].pop(key)
+        # the batch is the micro-batch times the accumulation (unless auto chooses the layout,
+        # where the accumulation follows from the choice): one of them says nothing new
+        values["train"].pop("grad_accum_steps" if self.train.auto_layout else "batch_size")
         for key, off in self.ADDED_TRAIN_OPTIONS.items():  # so earlier trials keep their hash
             if values["train"].get(key) == off:
                 values["train"].pop(key)

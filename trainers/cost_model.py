@@ -169,11 +169,28 @@ def utilisation(tokens_per_micro_batch: int) -> float:
     return y0
 
 
-def training_cost(config: TrainingConfig, shape: ModelShape) -> TrainingCost:
-    """Peak memory and training time of ``config`` on ``shape`` (one reference GPU)."""
+REFERENCE_GPU_BYTES = 80 * GIB
+"""Memory of the reference GPU (H100 80GB): the budget of ``micro_batch_size: auto`` in estimates."""
+
+
+def training_cost(config: TrainingConfig, shape: ModelShape, *, micro_batch_size: int | None = None,
+                  seq_len: int | None = None) -> TrainingCost:
+    """Peak memory and training time of ``config`` on ``shape`` (one reference GPU).
+
+    ``micro_batch_size`` and ``seq_len`` replace the config's micro-batch and its full length
+    (max source + max target). With ``micro_batch_size: auto`` in the config and none given,
+    the estimate takes the largest micro-batch that fits the reference GPU less 10%.
+    """
     train, quant = config.train, config.quant
-    seq = train.max_source_length + train.max_target_length
-    tokens_per_micro_batch = train.micro_batch_size * seq
+    seq = seq_len or train.max_source_length + train.max_target_length
+    if micro_batch_size is None and train.auto_layout:
+        from qsweep.trainers.layout import largest_fitting
+
+        budget = REFERENCE_GPU_BYTES * 0.9
+        micro_batch_size = largest_fitting(train.batch_size, lambda m: training_cost(
+            config, shape, micro_batch_size=m, seq_len=seq).peak_bytes <= budget)
+    micro = micro_batch_size or train.micro_batch_size
+    tokens_per_micro_batch = micro * seq
     modules = adapted_modules(config.lora.target_modules)
     adapter_params = shape.layers * sum(config.lora.r * (a + b)
                                         for name, (a, b) in shape.linear_shapes().items() if name in modules)
@@ -188,6 +205,6 @@ def training_cost(config: TrainingConfig, shape: ModelShape) -> TrainingCost:
     speed = utilisation(tokens_per_micro_batch) * H100_BF16_FLOPS / flops_per_token
     if quant.bits == 16:
         speed *= SPEEDUP_16BIT
-    tokens = train.max_steps * train.grad_accum_steps * tokens_per_micro_batch
+    tokens = train.max_steps * train.batch_size * seq
     return TrainingCost(weight_bytes(shape, quant.bits, quant.double_quant), adapter_params,
                         adapter_params * state_bytes_per_param, activations, logits, speed, tokens)

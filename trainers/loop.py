@@ -31,10 +31,12 @@ from typing import Any
 import torch
 from qsweep.trainers import checkpoint as ckpt
 from qsweep.trainers.config import TrainingConfig
+from qsweep.trainers.cost_model import GIB, shape_of, training_cost
 from qsweep.trainers.data_recipes import load_records
 from qsweep.trainers.errors import ResumeMismatch
 from qsweep.trainers.examples import IGNORE_INDEX, BatchOrder, Example, collate, group_by_length, tokenize
 from qsweep.trainers.faults import StepHook
+from qsweep.trainers.layout import Layout, StepOrder, default_budget_bytes, largest_fitting, probe_peak_bytes
 from qsweep.trainers.metrics import MemoryMeter, StepMetrics, TrainResult
 from qsweep.trainers.model import (
     DTYPES,
@@ -149,31 +151,38 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, train_cfg, device)
     scheduler = build_scheduler(optimizer, train_cfg)
-    order = BatchOrder(len(setup.examples), train_cfg.micro_batch_size, train_cfg.seed)
     config_hash = cfg.content_hash()
+    pad_id = qlora.tokenizer.pad_token_id
+    autocast = _autocast(cfg, device)
 
-    step, position, last_loss = 0, 0, None
+    step, position, last_loss, kept_micro_batch = 0, 0, None, None
     latest = ckpt.latest_checkpoint(workdir) if resume else None
     if latest is not None:
         _check_same_config(latest, cfg, config_hash)
         state = ckpt.load_checkpoint(latest, model, optimizer, scheduler, device)
         step, position, last_loss = state.step, state.position, state.last_loss
+        kept_micro_batch = state.micro_batch_size
         log.info("resuming from %s (step %d)", latest, step)
     resumed_from = step
+    layout = choose_layout(cfg, setup, device, autocast, kept=kept_micro_batch)
+    micro, accum = layout.micro_batch_size, layout.grad_accum_steps
+    if train_cfg.auto_layout:
+        log.info("micro-batch %d x %d accumulation steps (%s)", micro, accum, layout.chosen)
+        order: BatchOrder | StepOrder = StepOrder(len(setup.examples), micro, train_cfg.seed)
+    else:
+        order = BatchOrder(len(setup.examples), micro, train_cfg.seed)
 
     meter = MemoryMeter(device)
     meter.reset()
-    pad_id = qlora.tokenizer.pad_token_id
     lengths = [len(example.input_ids) for example in setup.examples]
-    autocast = _autocast(cfg, device)
     history: list[StepMetrics] = []
     status, reason = TrialStatus.FINISHED, f"trained {train_cfg.max_steps} steps"
     model.train()
     while step < train_cfg.max_steps:
         if before_step is not None:
-            before_step(step + 1, train_cfg.micro_batch_size)
+            before_step(step + 1, micro)
         started = clock()
-        step_batches = [order.micro_batch(position + k) for k in range(train_cfg.grad_accum_steps)]
+        step_batches = [order.micro_batch(position + k) for k in range(accum)]
         if train_cfg.group_by_length:
             step_batches = group_by_length(step_batches, lengths)
         batches = [collate([setup.examples[i] for i in indices], pad_id) for indices in step_batches]
@@ -211,7 +220,7 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
             torch.cuda.synchronize(device)
         elapsed = clock() - started
         step += 1
-        position += train_cfg.grad_accum_steps
+        position += accum
         last_loss = loss
         metrics = StepMetrics(
             step=step, loss=loss, learning_rate=learning_rate, grad_norm=grad_norm,
@@ -225,7 +234,7 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
         every = train_cfg.checkpoint_every
         if every and (step % every == 0 or step == train_cfg.max_steps):
             state = ckpt.TrainerState(step=step, position=position, last_loss=last_loss,
-                                      config_hash=config_hash, config=cfg.identity())
+                                      config_hash=config_hash, config=cfg.identity(), micro_batch_size=micro)
             ckpt.save_checkpoint(workdir, model, optimizer, scheduler, state,
                                  keep=train_cfg.keep_checkpoints, final=step == train_cfg.max_steps)
 
@@ -247,8 +256,47 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
         adapter_dir=adapter_dir,
         resumed_from_step=resumed_from,
         train_time_s=train_time,
+        micro_batch_size=micro,
+        grad_accum_steps=accum,
         history=history,
     )
+
+
+def choose_layout(cfg: TrainingConfig, setup: TrainingSetup, device: torch.device, autocast: Any,
+                  kept: int | None = None) -> Layout:
+    """The run's micro-batch and accumulation: the config's, or with ``micro_batch_size: auto``
+    the checkpoint's (``kept``) or the largest that fits (see :mod:`qsweep.trainers.layout`)."""
+    train_cfg = cfg.train
+    if not train_cfg.auto_layout:
+        return Layout(train_cfg.micro_batch_size, train_cfg.grad_accum_steps, "configured")
+    batch = train_cfg.batch_size
+    if kept:
+        return Layout(kept, batch // kept, "kept from the checkpoint")
+    if device.type != "cuda":
+        return Layout(batch, 1, "on CPU: the whole step in one micro-batch")
+    budget = (int(train_cfg.max_memory_gib * GIB) if train_cfg.max_memory_gib
+              else default_budget_bytes(device))
+    longest = max(setup.examples, key=lambda example: len(example.input_ids))
+    seq_len = len(longest.input_ids)
+    shape = shape_of(model_source(cfg.model))
+    trainable = sum(p.numel() for p in setup.qlora.model.parameters() if p.requires_grad)
+    optimizer_state = trainable * (2 if train_cfg.optimizer == "paged_adamw_8bit" else 8)
+    probed: dict[int, int | None] = {}
+
+    def fits(micro: int) -> bool:
+        if shape is not None and training_cost(cfg, shape, micro_batch_size=micro,
+                                               seq_len=seq_len).peak_bytes > budget:
+            return False  # the estimate rules it out: not worth a probe
+        batch_tensors = collate([longest] * micro, setup.qlora.tokenizer.pad_token_id)
+        peak = probe_peak_bytes(setup.qlora.model, batch_tensors, device, autocast)
+        probed[micro] = None if peak is None else peak + optimizer_state
+        return probed[micro] is not None and probed[micro] <= budget
+
+    micro = largest_fitting(batch, fits)
+    measured = probed.get(micro)
+    found = (f"{micro} copies of the longest example ({seq_len} tokens) peaked at "
+             f"{measured / GIB:.1f} GiB with the optimizer state" if measured else "nothing larger fit")
+    return Layout(micro, batch // micro, f"auto: {found}, budget {budget / GIB:.1f} GiB")
 
 
 def _autocast(cfg: TrainingConfig, device: torch.device) -> contextlib.AbstractContextManager:

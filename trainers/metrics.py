@@ -56,6 +56,9 @@ class TrainResult:
     adapter_dir: Path | None
     resumed_from_step: int = 0
     train_time_s: float = 0.0
+    micro_batch_size: int = 0
+    """The micro-batch it trained with (chosen when ``train.micro_batch_size`` is auto)."""
+    grad_accum_steps: int = 0
     history: list[StepMetrics] = field(default_factory=list, repr=False)
     """Metrics of the steps this process ran."""
 

@@ -298,8 +298,8 @@ def smaller_micro_batch(train: dict[str, Any], retries: int, limit: int) -> dict
     accumulation (the optimizer step sees the same examples); None when ``limit`` retries are
     used up or the micro-batch is already 1."""
     micro, accum = train["micro_batch_size"], train["grad_accum_steps"]
-    if retries >= limit or micro < 2:
-        return None
+    if retries >= limit or micro == "auto" or micro < 2:
+        return None  # auto chose the largest micro-batch that its probe found to fit
     return {"train.micro_batch_size": micro // 2, "train.grad_accum_steps": accum * 2}
 
 

@@ -298,6 +298,9 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
     finally:
         evaluating = phases.seconds.get("intermediate_eval", 0.0) - evaluating_before
         phases.add("train", phases.clock() - began - evaluating)
+    if cfg.train.auto_layout:  # what auto chose (a resumed run chooses the same)
+        tracker.log_params({"train.chosen_micro_batch_size": trained.micro_batch_size,
+                            "train.chosen_grad_accum_steps": trained.grad_accum_steps})
     if trained.status != TrialStatus.FINISHED:
         return _Computed(trained.status, trained.reason, trained, baseline)
     evaluation = None

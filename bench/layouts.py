@@ -1,13 +1,20 @@
-"""``train.group_by_length`` on a GPU: real tokens/s and peak memory through ``qsweep train``.
+"""Micro-batch layouts on a GPU: real tokens/s and peak memory through ``qsweep train``.
 
 The trial of ``trial-8b.yaml`` (Llama-3-8B shape, NF4+DQ, LoRA r=64 on every linear layer,
 gradient checkpointing, ``mmlu-heldout``: about 150 tokens an example) at the paper's effective
-batch of 16 as micro-batch 4 x 4 accumulation steps, with the step's micro-batches as drawn
-(plain) and grouped by length, alternating, each in a fresh process and work directory. The
-trainer counts real tokens only (padding excluded), so tokens/s compares the layouts directly.
+batch of 16 examples per step, laid out as:
+
+* ``paper``: micro-batch 1 x 16 accumulation steps (qlora.py's recipe);
+* ``plain``: micro-batch 4 x 4, the step's micro-batches as drawn;
+* ``grouped``: micro-batch 4 x 4 with ``train.group_by_length``;
+* ``auto``: ``train.micro_batch_size: auto`` with ``train.batch_size: 16``.
+
+Variants alternate, each in a fresh process and work directory. The trainer counts real tokens
+only (padding excluded), so tokens/s compares the layouts directly.
 
     source bench/gpu_setup.sh
-    python3 bench/group_by_length.py --out $OUT/group_by_length.json
+    python3 bench/layouts.py --variants plain,grouped --repeats 2 --out $OUT/group_by_length.json
+    python3 bench/layouts.py --variants paper,plain,auto --repeats 1 --out $OUT/layouts.json
 """
 
 from __future__ import annotations
@@ -25,16 +32,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workers import environment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {"plain": "train.group_by_length=false", "grouped": "train.group_by_length=true"}
+VARIANTS = {
+    "paper": ["train.micro_batch_size=1", "train.grad_accum_steps=16"],
+    "plain": ["train.micro_batch_size=4", "train.grad_accum_steps=4"],
+    "grouped": ["train.micro_batch_size=4", "train.grad_accum_steps=4", "train.group_by_length=true"],
+    "auto": ["train.micro_batch_size=auto", "train.batch_size=16"],
+}
 
 
 def run(variant: str, args: argparse.Namespace, index: int) -> dict:
     workdir = Path(args.work) / f"{variant}-{index}"
     shutil.rmtree(workdir, ignore_errors=True)
     config = ROOT / "bench" / "trial-8b.yaml"
-    command = [sys.executable, "-m", "qsweep.orchestrator.cli", "train", str(config), VARIANTS[variant],
-               f"train.max_steps={args.steps}", f"train.micro_batch_size={args.micro}",
-               f"train.grad_accum_steps={args.accum}", "train.checkpoint_every=0", f"--workdir={workdir}"]
+    command = [sys.executable, "-m", "qsweep.orchestrator.cli", "train", str(config), *VARIANTS[variant],
+               f"train.max_steps={args.steps}", "train.checkpoint_every=0", f"--workdir={workdir}"]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     wall = time.perf_counter() - started
@@ -45,6 +56,8 @@ def run(variant: str, args: argparse.Namespace, index: int) -> dict:
     timed = steps[args.warmup:]  # the first steps include CUDA warm-up
     tokens, seconds = sum(s["tokens"] for s in timed), sum(s["step_time_s"] for s in timed)
     return {"variant": variant, "wall_s": round(wall, 1), "steps": len(steps),
+            "micro_batch_size": summary.get("micro_batch_size"),
+            "grad_accum_steps": summary.get("grad_accum_steps"),
             "tokens_per_s_after_warmup": round(tokens / seconds, 1),
             "tokens_per_s_reported": summary.get("tokens_per_s"),
             "peak_memory_gib": round(max(s["peak_memory_bytes"] for s in steps) / 2**30, 2),
@@ -55,17 +68,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=14)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--micro", type=int, default=4)
-    parser.add_argument("--accum", type=int, default=4)
+    parser.add_argument("--variants", default="plain,grouped", help=", ".join(VARIANTS))
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--work", default="/tmp/group-by-length")
+    parser.add_argument("--work", default="/tmp/layouts")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    runs = [run(variant, args, i) for i in range(args.repeats) for variant in VARIANTS]
+    variants = args.variants.split(",")
+    runs = [run(variant, args, i) for i in range(args.repeats) for variant in variants]
     medians = {variant: statistics.median(r["tokens_per_s_after_warmup"] for r in runs
                                           if r["variant"] == variant and "error" not in r)
-               for variant in VARIANTS if any(r["variant"] == variant and "error" not in r for r in runs)}
-    result = {"micro_batch_size": args.micro, "grad_accum_steps": args.accum, "steps": args.steps,
+               for variant in variants if any(r["variant"] == variant and "error" not in r for r in runs)}
+    result = {"variants": {v: VARIANTS[v] for v in variants}, "steps": args.steps,
               "warmup": args.warmup, "runs": runs, "median_tokens_per_s": medians,
               "environment": environment()}
     Path(args.out).write_text(json.dumps(result, indent=1))

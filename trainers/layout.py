@@ -1,0 +1,104 @@
+"""How an optimizer step's examples are laid out into micro-batches, when the config leaves the
+micro-batch to the trainer (``train.micro_batch_size: auto``).
+
+The config fixes the examples per step (``train.batch_size``); the trainer picks the largest
+divisor of it whose micro-batch fits the memory budget (``train.max_memory_gib``, default the
+GPU's memory less max(2 GiB, 10%)): first by the cost model's estimate at the data's longest
+example, then by one forward and backward pass of that many copies of the longest example
+(the probe; the random state is restored after it). On a CPU the whole step is one micro-batch.
+
+With auto, which examples a step sees does not depend on the micro-batch: step ``s`` takes
+examples ``s x batch_size`` to ``(s + 1) x batch_size - 1`` of the stream of seeded epoch
+permutations (:class:`StepOrder`), and the micro-batches are its consecutive slices. A
+checkpoint records the micro-batch it ran with, and a resumed run keeps it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("qsweep")
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The micro-batch a run trains with and the accumulation that makes up its step."""
+
+    micro_batch_size: int
+    grad_accum_steps: int
+    chosen: str
+    """How: ``configured``, ``kept from the checkpoint``, or what auto measured."""
+
+
+def divisors_descending(n: int) -> list[int]:
+    return [d for d in range(n, 0, -1) if n % d == 0]
+
+
+def largest_fitting(batch_size: int, fits: Callable[[int], bool]) -> int:
+    """The largest divisor of ``batch_size`` for which ``fits(micro_batch)`` holds; 1 if none."""
+    return next((micro for micro in divisors_descending(batch_size) if fits(micro)), 1)
+
+
+def default_budget_bytes(device: torch.device) -> int:
+    """The GPU's memory less max(2 GiB, 10%)."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    return int(total - max(2 * GIB, total // 10))
+
+
+class StepOrder:
+    """Micro-batch ``position`` under an auto layout: a slice of the stream of examples that
+    the seeded epoch permutations make (as :class:`~qsweep.trainers.examples.BatchOrder`'s, but
+    not cut at epoch ends, so that a step's examples do not depend on the micro-batch)."""
+
+    def __init__(self, num_examples: int, micro_batch_size: int, seed: int):
+        self.num_examples = num_examples
+        self.micro_batch_size = micro_batch_size
+        self.seed = seed
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._cache is None or self._cache[0] != epoch:
+            self._cache = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_examples))
+        return self._cache[1]
+
+    def micro_batch(self, position: int) -> list[int]:
+        start = position * self.micro_batch_size
+        return [int(self._permutation(g // self.num_examples)[g % self.num_examples])
+                for g in range(start, start + self.micro_batch_size)]
+
+    def epoch(self, position: int) -> float:
+        """Fractional epochs completed after ``position`` micro-batches."""
+        return position * self.micro_batch_size / self.num_examples
+
+
+def probe_peak_bytes(model: Any, batch: dict[str, torch.Tensor], device: torch.device,
+                     autocast: Any) -> int | None:
+    """Peak CUDA bytes of one forward and backward pass of ``batch``; None if it ran out of
+    memory. Gradients are cleared and the random state restored afterwards: training goes on as
+    if the probe had not run."""
+    cpu_rng, cuda_rng = torch.get_rng_state(), torch.cuda.get_rng_state_all()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        on_device = {key: value.to(device) for key, value in batch.items()}
+        with autocast:
+            loss = model(**on_device).loss
+        loss.backward()
+        del loss, on_device
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device))
+    except torch.OutOfMemoryError:
+        return None
+    finally:
+        model.zero_grad(set_to_none=True)
+        torch.set_rng_state(cpu_rng)
+        torch.cuda.set_rng_state_all(cuda_rng)
+        torch.cuda.empty_cache()
