@@ -15,6 +15,9 @@ if [ ! -d /tmp/site/ray ]; then
   python3 -m compileall -q -j 0 /tmp/site "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
     > /dev/null 2>&1 || true
 fi
+if ls .device-assets/liger_kernel-*.whl > /dev/null 2>&1 && [ ! -d /tmp/site/liger_kernel ]; then  # optional: train.kernels
+  python3 -m zipfile -e .device-assets/liger_kernel-*.whl /tmp/site
+fi
 if [ -f .device-assets/py-spy.xz ] && [ ! -x /tmp/site/bin/py-spy ]; then   # optional profiler
   mkdir -p /tmp/site/bin && xz -dc .device-assets/py-spy.xz > /tmp/site/bin/py-spy && chmod +x /tmp/site/bin/py-spy
 fi

@@ -7,7 +7,8 @@ batch of 16 examples per step, laid out as:
 * ``paper``: micro-batch 1 x 16 accumulation steps (qlora.py's recipe);
 * ``plain``: micro-batch 4 x 4, the step's micro-batches as drawn;
 * ``grouped``: micro-batch 4 x 4 with ``train.group_by_length``;
-* ``auto``: ``train.micro_batch_size: auto`` with ``train.batch_size: 16``.
+* ``auto``: ``train.micro_batch_size: auto`` with ``train.batch_size: 16``;
+* ``plain-liger``, ``auto-liger``: the same with ``train.kernels: auto`` (Liger Kernel).
 
 Variants alternate, each in a fresh process and work directory. The trainer counts real tokens
 only (padding excluded), so tokens/s compares the layouts directly.
@@ -37,6 +38,8 @@ VARIANTS = {
     "plain": ["train.micro_batch_size=4", "train.grad_accum_steps=4"],
     "grouped": ["train.micro_batch_size=4", "train.grad_accum_steps=4", "train.group_by_length=true"],
     "auto": ["train.micro_batch_size=auto", "train.batch_size=16"],
+    "plain-liger": ["train.micro_batch_size=4", "train.grad_accum_steps=4", "train.kernels=auto"],
+    "auto-liger": ["train.micro_batch_size=auto", "train.batch_size=16", "train.kernels=auto"],
 }
 
 
@@ -55,7 +58,8 @@ def run(variant: str, args: argparse.Namespace, index: int) -> dict:
     steps = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     timed = steps[args.warmup:]  # the first steps include CUDA warm-up
     tokens, seconds = sum(s["tokens"] for s in timed), sum(s["step_time_s"] for s in timed)
-    return {"variant": variant, "wall_s": round(wall, 1), "steps": len(steps),
+    said = [line.strip() for line in (done.stdout + done.stderr).splitlines() if "kernels:" in line]
+    return {"variant": variant, "wall_s": round(wall, 1), "steps": len(steps), "kernels": said[-1:],
             "micro_batch_size": summary.get("micro_batch_size"),
             "grad_accum_steps": summary.get("grad_accum_steps"),
             "tokens_per_s_after_warmup": round(tokens / seconds, 1),

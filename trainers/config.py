@@ -176,6 +176,10 @@ class TrainConfig(ConfigSection):
     batch_size: int | None = Field(None, gt=0)
     """Examples per optimizer step: micro_batch_size x grad_accum_steps (filled in); required
     with micro_batch_size auto, which keeps it whatever micro-batch it chooses."""
+    kernels: Literal["none", "auto"] = "none"
+    """auto: Liger Kernel's fused RMSNorm, rotary, SwiGLU and linear cross-entropy where they
+    apply (CUDA, Triton, ``pip install 'qsweep[kernels]'``, a model type Liger knows; otherwise
+    transformers' own, with the reason logged); none: transformers' own modules."""
     max_memory_gib: float | None = Field(None, gt=0)
     """GPU memory budget of micro_batch_size auto; default: the GPU's memory less
     max(2 GiB, 10%)."""
@@ -366,7 +370,7 @@ class TrainingConfig(BaseModel):
                 flat[f"{section}.{key}"] = value
         return flat
 
-    ADDED_TRAIN_OPTIONS: ClassVar[dict[str, Any]] = {"group_by_length": False}
+    ADDED_TRAIN_OPTIONS: ClassVar[dict[str, Any]] = {"group_by_length": False, "kernels": "none"}
     """Train options added after trials were recorded, with the value that leaves training as
     it was: left out of the identity at that value."""
 

@@ -19,6 +19,7 @@ from qsweep.trainers import assets, hub
 from qsweep.trainers.config import LoraConfig, ModelConfig, QuantConfig, TrainingConfig, looks_like_local_path
 from qsweep.trainers.errors import SetupError
 from qsweep.trainers.footprint import WeightFootprint, measure
+from qsweep.trainers.kernels import apply_kernels
 from qsweep.trainers.phases import PhaseClock
 
 log = logging.getLogger("qsweep")
@@ -39,6 +40,8 @@ class QLoRAModel:
     device: torch.device
     footprint: WeightFootprint
     target_modules: list[str]
+    kernels: str = "none"
+    """The fused kernels it trains with (``qsweep.trainers.kernels``), in words."""
 
     @property
     def trainable_params(self) -> int:
@@ -195,6 +198,13 @@ def load_qlora_model(cfg: TrainingConfig, device: torch.device, source: str | No
     targets = targets if targets is not None else check_targets(source, cfg)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(source, cfg.model)
     quantization = bnb_config(cfg.quant)
+    kernels = "none"
+    if cfg.train.kernels != "none":
+        from transformers import AutoConfig
+
+        model_type = AutoConfig.from_pretrained(source, **_load_kwargs(cfg.model)).model_type
+        kernels = apply_kernels(cfg.train.kernels, model_type, device)
+        log.info("kernels: %s", kernels)
     with phases.phase("load/weights"):
         base = AutoModelForCausalLM.from_pretrained(
             source,
@@ -228,7 +238,7 @@ def load_qlora_model(cfg: TrainingConfig, device: torch.device, source: str | No
             model = _attach_lora(base, cfg, targets)
         _sync(device)
     return QLoRAModel(model=model, tokenizer=tokenizer, device=device, footprint=footprint,
-                      target_modules=targets)
+                      target_modules=targets, kernels=kernels)
 
 
 def _sync(device: torch.device) -> None:

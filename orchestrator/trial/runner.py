@@ -301,6 +301,8 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
     if cfg.train.auto_layout:  # what auto chose (a resumed run chooses the same)
         tracker.log_params({"train.chosen_micro_batch_size": trained.micro_batch_size,
                             "train.chosen_grad_accum_steps": trained.grad_accum_steps})
+    if cfg.train.kernels != "none":  # what the machine allowed
+        tracker.log_params({"train.applied_kernels": qlora.kernels})
     if trained.status != TrialStatus.FINISHED:
         return _Computed(trained.status, trained.reason, trained, baseline)
     evaluation = None

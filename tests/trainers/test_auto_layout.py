@@ -99,3 +99,4 @@ def test_estimates_take_the_largest_micro_batch_the_reference_gpu_holds(tiny_tri
     assert fits and chosen.peak_bytes == training_cost(auto, shape, micro_batch_size=fits[0]).peak_bytes
     fixed = validate(tiny_trial(train={"micro_batch_size": 4, "grad_accum_steps": 16}))
     assert training_cost(fixed, shape).tokens == chosen.tokens  # the same examples either way
+
