@@ -8,7 +8,9 @@ batch of 16 examples per step, laid out as:
 * ``plain``: micro-batch 4 x 4, the step's micro-batches as drawn;
 * ``grouped``: micro-batch 4 x 4 with ``train.group_by_length``;
 * ``auto``: ``train.micro_batch_size: auto`` with ``train.batch_size: 16``;
-* ``plain-liger``, ``auto-liger``: the same with ``train.kernels: auto`` (Liger Kernel).
+* ``plain-liger``, ``auto-liger``: the same with ``train.kernels: auto`` (Liger Kernel);
+* ``micro32``, ``auto32-liger``, ``auto32-liger-14g``: 32 examples a step, as one micro-batch,
+  and auto with Liger's kernels, unbounded and within 14.2 GiB.
 
 Variants alternate, each in a fresh process and work directory. The trainer counts real tokens
 only (padding excluded), so tokens/s compares the layouts directly.
@@ -40,6 +42,11 @@ VARIANTS = {
     "auto": ["train.micro_batch_size=auto", "train.batch_size=16"],
     "plain-liger": ["train.micro_batch_size=4", "train.grad_accum_steps=4", "train.kernels=auto"],
     "auto-liger": ["train.micro_batch_size=auto", "train.batch_size=16", "train.kernels=auto"],
+    # 32 examples a step (issue 11's comparison: the plain loop padded at micro-batch 32)
+    "micro32": ["train.micro_batch_size=32", "train.grad_accum_steps=1"],
+    "auto32-liger": ["train.micro_batch_size=auto", "train.batch_size=32", "train.kernels=auto"],
+    "auto32-liger-14g": ["train.micro_batch_size=auto", "train.batch_size=32", "train.kernels=auto",
+                         "train.max_memory_gib=14.2"],
 }
 
 
