@@ -85,7 +85,13 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     variants = args.variants.split(",")
-    runs = [run(variant, args, i) for i in range(args.repeats) for variant in variants]
+    runs: list[dict] = []
+    for i in range(args.repeats):
+        for variant in variants:
+            runs.append(run(variant, args, i))
+            # written after every run: a command cut short keeps what it measured
+            Path(args.out).write_text(json.dumps({"variants": {v: VARIANTS[v] for v in variants},
+                                                  "steps": args.steps, "runs": runs}, indent=1))
     medians = {variant: statistics.median(r["tokens_per_s_after_warmup"] for r in runs
                                           if r["variant"] == variant and "error" not in r)
                for variant in variants if any(r["variant"] == variant and "error" not in r for r in runs)}
