@@ -284,12 +284,17 @@ def choose_layout(cfg: TrainingConfig, setup: TrainingSetup, device: torch.devic
     probed: dict[int, int | None] = {}
 
     def fits(micro: int) -> bool:
-        if shape is not None and training_cost(cfg, shape, micro_batch_size=micro,
-                                               seq_len=seq_len).peak_bytes > budget:
+        estimate = (training_cost(cfg, shape, micro_batch_size=micro, seq_len=seq_len).peak_bytes
+                    if shape is not None else None)
+        if estimate is not None and estimate > budget:
+            log.info("micro-batch %d: estimated %.1f GiB, over the %.1f GiB budget", micro,
+                     estimate / GIB, budget / GIB)
             return False  # the estimate rules it out: not worth a probe
         batch_tensors = collate([longest] * micro, setup.qlora.tokenizer.pad_token_id)
         peak = probe_peak_bytes(setup.qlora.model, batch_tensors, device, autocast)
         probed[micro] = None if peak is None else peak + optimizer_state
+        log.info("micro-batch %d: probe %s", micro, "ran out of memory" if peak is None else
+                 f"peaked at {peak / GIB:.1f} GiB (+{optimizer_state / GIB:.1f} GiB optimizer state)")
         return probed[micro] is not None and probed[micro] <= budget
 
     micro = largest_fitting(batch, fits)
