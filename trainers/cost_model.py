@@ -174,12 +174,14 @@ REFERENCE_GPU_BYTES = 80 * GIB
 
 
 def training_cost(config: TrainingConfig, shape: ModelShape, *, micro_batch_size: int | None = None,
-                  seq_len: int | None = None) -> TrainingCost:
+                  seq_len: int | None = None, fused_cross_entropy: bool = False) -> TrainingCost:
     """Peak memory and training time of ``config`` on ``shape`` (one reference GPU).
 
     ``micro_batch_size`` and ``seq_len`` replace the config's micro-batch and its full length
-    (max source + max target). With ``micro_batch_size: auto`` in the config and none given,
-    the estimate takes the largest micro-batch that fits the reference GPU less 10%.
+    (max source + max target); with ``fused_cross_entropy`` (Liger's, ``train.kernels``) the
+    logits are never materialized and not counted. With ``micro_batch_size: auto`` in the
+    config and none given, the estimate takes the largest micro-batch that fits the reference
+    GPU less 10%.
     """
     train, quant = config.train, config.quant
     seq = seq_len or train.max_source_length + train.max_target_length
@@ -200,7 +202,7 @@ def training_cost(config: TrainingConfig, shape: ModelShape, *, micro_batch_size
         activations = tokens_per_micro_batch * (shape.layers * 2 * shape.hidden + per_token_layer)
     else:
         activations = tokens_per_micro_batch * shape.layers * per_token_layer
-    logits = 3 * 4 * tokens_per_micro_batch * shape.vocab
+    logits = 0 if fused_cross_entropy else 3 * 4 * tokens_per_micro_batch * shape.vocab
     flops_per_token = (6 if train.gradient_checkpointing else 4) * shape.params
     speed = utilisation(tokens_per_micro_batch) * H100_BF16_FLOPS / flops_per_token
     if quant.bits == 16:

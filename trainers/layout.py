@@ -81,10 +81,13 @@ class StepOrder:
 
 def probe_peak_bytes(model: Any, batch: dict[str, torch.Tensor], device: torch.device,
                      autocast: Any) -> int | None:
-    """Peak CUDA bytes of one forward and backward pass of ``batch``; None if it ran out of
-    memory. Gradients are cleared and the random state restored afterwards: training goes on as
-    if the probe had not run."""
+    """Peak CUDA bytes of one forward and backward pass of ``batch``, in training mode (gradient
+    checkpointing and fused losses act only there); None if it ran out of memory. Gradients are
+    cleared, the mode and the random state restored afterwards: training goes on as if the probe
+    had not run."""
     cpu_rng, cuda_rng = torch.get_rng_state(), torch.cuda.get_rng_state_all()
+    was_training = model.training
+    model.train()
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     try:
@@ -98,6 +101,7 @@ def probe_peak_bytes(model: Any, batch: dict[str, torch.Tensor], device: torch.d
     except torch.OutOfMemoryError:
         return None
     finally:
+        model.train(was_training)
         model.zero_grad(set_to_none=True)
         torch.set_rng_state(cpu_rng)
         torch.cuda.set_rng_state_all(cuda_rng)

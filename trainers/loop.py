@@ -282,10 +282,11 @@ def choose_layout(cfg: TrainingConfig, setup: TrainingSetup, device: torch.devic
     trainable = sum(p.numel() for p in setup.qlora.model.parameters() if p.requires_grad)
     optimizer_state = trainable * (2 if train_cfg.optimizer == "paged_adamw_8bit" else 8)
     probed: dict[int, int | None] = {}
+    fused = setup.qlora.kernels.startswith("liger")
 
     def fits(micro: int) -> bool:
-        estimate = (training_cost(cfg, shape, micro_batch_size=micro, seq_len=seq_len).peak_bytes
-                    if shape is not None else None)
+        estimate = (training_cost(cfg, shape, micro_batch_size=micro, seq_len=seq_len,
+                                  fused_cross_entropy=fused).peak_bytes if shape is not None else None)
         if estimate is not None and estimate > budget:
             log.info("micro-batch %d: estimated %.1f GiB, over the %.1f GiB budget", micro,
                      estimate / GIB, budget / GIB)
