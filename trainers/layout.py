@@ -29,7 +29,7 @@ GIB = 2**30
 
 
 @dataclass(frozen=True)
-class Layout:
+class BatchLayout:
     """The micro-batch a run trains with and the accumulation that makes up its step."""
 
     micro_batch_size: int

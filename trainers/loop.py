@@ -36,7 +36,13 @@ from qsweep.trainers.data_recipes import load_records
 from qsweep.trainers.errors import ResumeMismatch
 from qsweep.trainers.examples import IGNORE_INDEX, BatchOrder, Example, collate, group_by_length, tokenize
 from qsweep.trainers.faults import StepHook
-from qsweep.trainers.layout import Layout, StepOrder, default_budget_bytes, largest_fitting, probe_peak_bytes
+from qsweep.trainers.layout import (
+    BatchLayout,
+    StepOrder,
+    default_budget_bytes,
+    largest_fitting,
+    probe_peak_bytes,
+)
 from qsweep.trainers.metrics import MemoryMeter, StepMetrics, TrainResult
 from qsweep.trainers.model import (
     DTYPES,
@@ -263,17 +269,17 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
 
 
 def choose_layout(cfg: TrainingConfig, setup: TrainingSetup, device: torch.device, autocast: Any,
-                  kept: int | None = None) -> Layout:
+                  kept: int | None = None) -> BatchLayout:
     """The run's micro-batch and accumulation: the config's, or with ``micro_batch_size: auto``
     the checkpoint's (``kept``) or the largest that fits (see :mod:`qsweep.trainers.layout`)."""
     train_cfg = cfg.train
     if not train_cfg.auto_layout:
-        return Layout(train_cfg.micro_batch_size, train_cfg.grad_accum_steps, "configured")
+        return BatchLayout(train_cfg.micro_batch_size, train_cfg.grad_accum_steps, "configured")
     batch = train_cfg.batch_size
     if kept:
-        return Layout(kept, batch // kept, "kept from the checkpoint")
+        return BatchLayout(kept, batch // kept, "kept from the checkpoint")
     if device.type != "cuda":
-        return Layout(batch, 1, "on CPU: the whole step in one micro-batch")
+        return BatchLayout(batch, 1, "on CPU: the whole step in one micro-batch")
     budget = (int(train_cfg.max_memory_gib * GIB) if train_cfg.max_memory_gib
               else default_budget_bytes(device))
     longest = max(setup.examples, key=lambda example: len(example.input_ids))
@@ -302,7 +308,7 @@ def choose_layout(cfg: TrainingConfig, setup: TrainingSetup, device: torch.devic
     measured = probed.get(micro)
     found = (f"{micro} copies of the longest example ({seq_len} tokens) peaked at "
              f"{measured / GIB:.1f} GiB with the optimizer state" if measured else "nothing larger fit")
-    return Layout(micro, batch // micro, f"auto: {found}, budget {budget / GIB:.1f} GiB")
+    return BatchLayout(micro, batch // micro, f"auto: {found}, budget {budget / GIB:.1f} GiB")
 
 
 def _autocast(cfg: TrainingConfig, device: torch.device) -> contextlib.AbstractContextManager:
