@@ -120,3 +120,34 @@ def test_grouping_off_keeps_the_hash_of_configs_written_before_it(tiny_config, v
     off, on = tiny_config(**layout(varied_data)), tiny_config(**layout(varied_data, group_by_length=True))
     assert "group_by_length" not in off.identity()["train"]
     assert on.identity()["train"]["group_by_length"] is True and on.content_hash() != off.content_hash()
+
+
+def per_example_losses(setup, micro_batches: list[list[int]]) -> dict[int, float]:
+    """Each example's summed token loss, computed inside the micro-batch a layout puts it in."""
+    model, pad_id = setup.qlora.model, setup.qlora.tokenizer.pad_token_id
+    losses: dict[int, float] = {}
+    with torch.no_grad():
+        for batch_indices in micro_batches:
+            batch = collate([setup.examples[i] for i in batch_indices], pad_id)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            token_losses = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2).float(), batch["labels"][:, 1:], ignore_index=IGNORE_INDEX,
+                reduction="none")
+            for row, index in enumerate(batch_indices):
+                losses[index] = float(token_losses[row].sum())
+    return losses
+
+
+def test_every_layout_gives_each_example_the_same_loss(tiny_config, varied_data: Path) -> None:
+    setup = prepare(tiny_config(**layout(varied_data)))
+    lengths = [len(e.input_ids) for e in setup.examples]
+    plain = [BatchOrder(len(lengths), 2, seed=0).micro_batch(k) for k in range(4)]
+    step = [i for batch in plain for i in batch]
+    layouts = {"plain 2 x 4": plain, "grouped 2 x 4": group_by_length(plain, lengths),
+               "one micro-batch of 8": [step], "1 x 8": [[i] for i in step]}
+    reference = per_example_losses(setup, layouts["1 x 8"])  # no padding at all
+    for name, micro_batches in layouts.items():
+        losses = per_example_losses(setup, micro_batches)
+        assert losses.keys() == reference.keys(), name
+        for index, loss in losses.items():
+            assert loss == pytest.approx(reference[index], rel=1e-5), (name, index)
