@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,6 +170,16 @@ def utilisation(tokens_per_micro_batch: int) -> float:
     return y0
 
 
+def divisors_descending(n: int) -> list[int]:
+    return [d for d in range(n, 0, -1) if n % d == 0]
+
+
+def largest_fitting(batch_size: int, fits: Callable[[int], bool]) -> int:
+    """The largest divisor of ``batch_size`` for which ``fits(micro_batch)`` holds; 1 if none
+    (the micro-batch of ``train.micro_batch_size: auto``)."""
+    return next((micro for micro in divisors_descending(batch_size) if fits(micro)), 1)
+
+
 REFERENCE_GPU_BYTES = 80 * GIB
 """Memory of the reference GPU (H100 80GB): the budget of ``micro_batch_size: auto`` in estimates."""
 
@@ -186,8 +197,6 @@ def training_cost(config: TrainingConfig, shape: ModelShape, *, micro_batch_size
     train, quant = config.train, config.quant
     seq = seq_len or train.max_source_length + train.max_target_length
     if micro_batch_size is None and train.auto_layout:
-        from qsweep.trainers.layout import largest_fitting
-
         budget = REFERENCE_GPU_BYTES * 0.9
         micro_batch_size = largest_fitting(train.batch_size, lambda m: training_cost(
             config, shape, micro_batch_size=m, seq_len=seq).peak_bytes <= budget)

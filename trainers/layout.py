@@ -15,17 +15,12 @@ checkpoint records the micro-batch it ran with, and a resumed run keeps it.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-
-log = logging.getLogger("qsweep")
-
-GIB = 2**30
+from qsweep.trainers.cost_model import GIB
+from qsweep.trainers.examples import BatchOrder
 
 
 @dataclass(frozen=True)
@@ -38,36 +33,16 @@ class BatchLayout:
     """How: ``configured``, ``kept from the checkpoint``, or what auto measured."""
 
 
-def divisors_descending(n: int) -> list[int]:
-    return [d for d in range(n, 0, -1) if n % d == 0]
-
-
-def largest_fitting(batch_size: int, fits: Callable[[int], bool]) -> int:
-    """The largest divisor of ``batch_size`` for which ``fits(micro_batch)`` holds; 1 if none."""
-    return next((micro for micro in divisors_descending(batch_size) if fits(micro)), 1)
-
-
 def default_budget_bytes(device: torch.device) -> int:
     """The GPU's memory less max(2 GiB, 10%)."""
     total = torch.cuda.get_device_properties(device).total_memory
     return int(total - max(2 * GIB, total // 10))
 
 
-class StepOrder:
+class StepOrder(BatchOrder):
     """Micro-batch ``position`` under an auto layout: a slice of the stream of examples that
-    the seeded epoch permutations make (as :class:`~qsweep.trainers.examples.BatchOrder`'s, but
-    not cut at epoch ends, so that a step's examples do not depend on the micro-batch)."""
-
-    def __init__(self, num_examples: int, micro_batch_size: int, seed: int):
-        self.num_examples = num_examples
-        self.micro_batch_size = micro_batch_size
-        self.seed = seed
-        self._cache: tuple[int, np.ndarray] | None = None
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_examples))
-        return self._cache[1]
+    :class:`~qsweep.trainers.examples.BatchOrder`'s seeded epoch permutations make, not cut at
+    epoch ends, so that a step's examples do not depend on the micro-batch."""
 
     def micro_batch(self, position: int) -> list[int]:
         start = position * self.micro_batch_size

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from qsweep.trainers import checkpoint as ckpt
 from qsweep.trainers.config import TrainingConfig
-from qsweep.trainers.cost_model import GIB, shape_of, training_cost
+from qsweep.trainers.cost_model import GIB, largest_fitting, shape_of, training_cost
 from qsweep.trainers.data_recipes import load_records
 from qsweep.trainers.errors import ResumeMismatch
 from qsweep.trainers.examples import IGNORE_INDEX, BatchOrder, Example, collate, group_by_length, tokenize
@@ -40,7 +40,6 @@ from qsweep.trainers.layout import (
     BatchLayout,
     StepOrder,
     default_budget_bytes,
-    largest_fitting,
     probe_peak_bytes,
 )
 from qsweep.trainers.metrics import MemoryMeter, StepMetrics, TrainResult
@@ -174,7 +173,7 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
     micro, accum = layout.micro_batch_size, layout.grad_accum_steps
     if train_cfg.auto_layout:
         log.info("micro-batch %d x %d accumulation steps (%s)", micro, accum, layout.chosen)
-        order: BatchOrder | StepOrder = StepOrder(len(setup.examples), micro, train_cfg.seed)
+        order: BatchOrder = StepOrder(len(setup.examples), micro, train_cfg.seed)
     else:
         order = BatchOrder(len(setup.examples), micro, train_cfg.seed)
 

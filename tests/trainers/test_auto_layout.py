@@ -10,9 +10,9 @@ import pytest
 from qsweep.orchestrator.sweep.driver import smaller_micro_batch
 from qsweep.trainers.checkpoint import latest_checkpoint, read_state
 from qsweep.trainers.config_loading import validate
-from qsweep.trainers.cost_model import KNOWN_SHAPES, training_cost
+from qsweep.trainers.cost_model import KNOWN_SHAPES, divisors_descending, largest_fitting, training_cost
 from qsweep.trainers.errors import ConfigError
-from qsweep.trainers.layout import StepOrder, divisors_descending, largest_fitting
+from qsweep.trainers.layout import StepOrder
 from qsweep.trainers.loop import choose_layout, prepare, train
 
 AUTO = {"train": {"micro_batch_size": "auto", "batch_size": 8, "max_steps": 5}}
