@@ -10,7 +10,12 @@ batch of 16 examples per step, laid out as:
 * ``auto``: ``train.micro_batch_size: auto`` with ``train.batch_size: 16``;
 * ``plain-liger``, ``auto-liger``: the same with ``train.kernels: auto`` (Liger Kernel);
 * ``micro32``, ``auto32-liger``, ``auto32-liger-14g``: 32 examples a step, as one micro-batch,
-  and auto with Liger's kernels, unbounded and within 14.2 GiB.
+  and auto with Liger's kernels, unbounded and within 14.2 GiB;
+* ``...-packed``, ``packed32...``: the same layouts with ``train.packing`` (each micro-batch in
+  one row, attention per example through torch's variable-length Flash Attention).
+
+``--set KEY=VALUE`` adds an override to every variant (``--set lora.dropout=0`` for a check
+that packed and padded layouts give the same first-step loss).
 
 Variants alternate, each in a fresh process and work directory. The trainer counts real tokens
 only (padding excluded), so tokens/s compares the layouts directly.
@@ -47,6 +52,16 @@ VARIANTS = {
     "auto32-liger": ["train.micro_batch_size=auto", "train.batch_size=32", "train.kernels=auto"],
     "auto32-liger-14g": ["train.micro_batch_size=auto", "train.batch_size=32", "train.kernels=auto",
                          "train.max_memory_gib=14.2"],
+    # packing (train.packing): each micro-batch in one row, attention per example (varlen)
+    "auto-packed": ["train.micro_batch_size=auto", "train.batch_size=16", "train.packing=true"],
+    "auto-packed-liger": ["train.micro_batch_size=auto", "train.batch_size=16", "train.packing=true",
+                          "train.kernels=auto"],
+    "plain-packed": ["train.micro_batch_size=4", "train.grad_accum_steps=4", "train.packing=true"],
+    "packed32": ["train.micro_batch_size=32", "train.grad_accum_steps=1", "train.packing=true"],
+    "packed32-liger": ["train.micro_batch_size=32", "train.grad_accum_steps=1", "train.packing=true",
+                       "train.kernels=auto"],
+    "auto32-packed-liger-14g": ["train.micro_batch_size=auto", "train.batch_size=32", "train.packing=true",
+                                "train.kernels=auto", "train.max_memory_gib=14.2"],
 }
 
 
@@ -55,6 +70,7 @@ def run(variant: str, args: argparse.Namespace, index: int) -> dict:
     shutil.rmtree(workdir, ignore_errors=True)
     config = ROOT / "bench" / "trial-8b.yaml"
     command = [sys.executable, "-m", "qsweep.orchestrator.cli", "train", str(config), *VARIANTS[variant],
+               *args.set,
                f"train.max_steps={args.steps}", "train.checkpoint_every=0", f"--workdir={workdir}"]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
@@ -65,8 +81,9 @@ def run(variant: str, args: argparse.Namespace, index: int) -> dict:
     steps = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     timed = steps[args.warmup:]  # the first steps include CUDA warm-up
     tokens, seconds = sum(s["tokens"] for s in timed), sum(s["step_time_s"] for s in timed)
-    said = [line.strip() for line in (done.stdout + done.stderr).splitlines() if "kernels:" in line]
-    return {"variant": variant, "wall_s": round(wall, 1), "steps": len(steps), "kernels": said[-1:],
+    said = [line.strip() for line in (done.stdout + done.stderr).splitlines()
+            if "kernels:" in line or "packing:" in line or "micro-batch" in line]
+    return {"variant": variant, "wall_s": round(wall, 1), "steps": len(steps), "said": said[-6:],
             "micro_batch_size": summary.get("micro_batch_size"),
             "grad_accum_steps": summary.get("grad_accum_steps"),
             "tokens_per_s_after_warmup": round(tokens / seconds, 1),
@@ -82,6 +99,7 @@ def main() -> None:
     parser.add_argument("--variants", default="plain,grouped", help=", ".join(VARIANTS))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--work", default="/tmp/layouts")
+    parser.add_argument("--set", action="append", default=[], help="override for every variant")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     variants = args.variants.split(",")
@@ -91,11 +109,12 @@ def main() -> None:
             runs.append(run(variant, args, i))
             # written after every run: a command cut short keeps what it measured
             Path(args.out).write_text(json.dumps({"variants": {v: VARIANTS[v] for v in variants},
-                                                  "steps": args.steps, "runs": runs}, indent=1))
+                                                  "set": args.set, "steps": args.steps, "runs": runs},
+                                                 indent=1))
     medians = {variant: statistics.median(r["tokens_per_s_after_warmup"] for r in runs
                                           if r["variant"] == variant and "error" not in r)
                for variant in variants if any(r["variant"] == variant and "error" not in r for r in runs)}
-    result = {"variants": {v: VARIANTS[v] for v in variants}, "steps": args.steps,
+    result = {"variants": {v: VARIANTS[v] for v in variants}, "set": args.set, "steps": args.steps,
               "warmup": args.warmup, "runs": runs, "median_tokens_per_s": medians,
               "environment": environment()}
     Path(args.out).write_text(json.dumps(result, indent=1))

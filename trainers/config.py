@@ -189,6 +189,11 @@ class TrainConfig(ConfigSection):
     loss is normalized by the step's target tokens, the same loss and gradients up to float
     rounding (with lora.dropout > 0 the dropout masks fall differently). Helps only with
     grad_accum_steps > 1."""
+    packing: bool = False
+    """Lay each micro-batch's examples end to end in one row without padding, each attending
+    only to itself (on CUDA through torch's variable-length Flash Attention): the same targets
+    and, up to float rounding, the same loss and gradients as padding. Pays where examples are
+    short and of varied lengths (see bench/README.md)."""
     learning_rate: float = Field(2e-4, gt=0)
     """Peak learning rate (paper: 2e-4 for 7B/13B, 1e-4 above)."""
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
@@ -370,7 +375,8 @@ class TrainingConfig(BaseModel):
                 flat[f"{section}.{key}"] = value
         return flat
 
-    ADDED_TRAIN_OPTIONS: ClassVar[dict[str, Any]] = {"group_by_length": False, "kernels": "none"}
+    ADDED_TRAIN_OPTIONS: ClassVar[dict[str, Any]] = {"group_by_length": False, "kernels": "none",
+                                                   "packing": False}
     """Train options added after trials were recorded, with the value that leaves training as
     it was: left out of the identity at that value."""
 

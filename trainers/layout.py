@@ -3,9 +3,11 @@ micro-batch to the trainer (``train.micro_batch_size: auto``).
 
 The config fixes the examples per step (``train.batch_size``); the trainer picks the largest
 divisor of it whose micro-batch fits the memory budget (``train.max_memory_gib``, default the
-GPU's memory less max(2 GiB, 10%)): first by the cost model's estimate at the data's longest
-example, then by one forward and backward pass of that many copies of the longest example
-(the probe; the random state is restored after it). On a CPU the whole step is one micro-batch.
+GPU's memory less max(2 GiB, 10%)): first by the cost model's estimate of the worst micro-batch
+the data can make, then by one forward and backward pass of it (the probe; the random state is
+restored after it). Padded, the worst is as many copies of the longest example as the
+micro-batch holds; packed (``train.packing``), that many of the longest examples end to end in
+one row. On a CPU the whole step is one micro-batch.
 
 With auto, which examples a step sees does not depend on the micro-batch: step ``s`` takes
 examples ``s x batch_size`` to ``(s + 1) x batch_size - 1`` of the stream of seeded epoch
@@ -20,7 +22,8 @@ from typing import Any
 
 import torch
 from qsweep.trainers.cost_model import GIB
-from qsweep.trainers.examples import BatchOrder
+from qsweep.trainers.examples import BatchOrder, to_device
+from qsweep.trainers.packing import packed_attention
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,8 @@ class StepOrder(BatchOrder):
         return position * self.micro_batch_size / self.num_examples
 
 
-def probe_peak_bytes(model: Any, batch: dict[str, torch.Tensor], device: torch.device,
-                     autocast: Any) -> int | None:
+def probe_peak_bytes(model: Any, batch: dict[str, Any], device: torch.device,
+                     autocast: Any, packed: bool = False) -> int | None:
     """Peak CUDA bytes of one forward and backward pass of ``batch``, in training mode (gradient
     checkpointing and fused losses act only there); None if it ran out of memory. Gradients are
     cleared, the mode and the random state restored afterwards: training goes on as if the probe
@@ -66,10 +69,11 @@ def probe_peak_bytes(model: Any, batch: dict[str, torch.Tensor], device: torch.d
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     try:
-        on_device = {key: value.to(device) for key, value in batch.items()}
-        with autocast:
-            loss = model(**on_device).loss
-        loss.backward()
+        on_device = to_device(batch, device)
+        with packed_attention(model, packed):
+            with autocast:
+                loss = model(**on_device).loss
+            loss.backward()
         del loss, on_device
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device))

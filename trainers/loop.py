@@ -34,7 +34,15 @@ from qsweep.trainers.config import TrainingConfig
 from qsweep.trainers.cost_model import GIB, largest_fitting, shape_of, training_cost
 from qsweep.trainers.data_recipes import load_records
 from qsweep.trainers.errors import ResumeMismatch
-from qsweep.trainers.examples import IGNORE_INDEX, BatchOrder, Example, collate, group_by_length, tokenize
+from qsweep.trainers.examples import (
+    IGNORE_INDEX,
+    BatchOrder,
+    Example,
+    collate,
+    group_by_length,
+    to_device,
+    tokenize,
+)
 from qsweep.trainers.faults import StepHook
 from qsweep.trainers.layout import (
     BatchLayout,
@@ -53,6 +61,7 @@ from qsweep.trainers.model import (
     resolve_device,
 )
 from qsweep.trainers.optim import build_optimizer, build_scheduler
+from qsweep.trainers.packing import pack, packed_attention, real_tokens
 from qsweep.trainers.phases import PhaseClock
 from qsweep.trainers.status import TrialStatus
 
@@ -157,7 +166,6 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
     optimizer = build_optimizer(trainable, train_cfg, device)
     scheduler = build_scheduler(optimizer, train_cfg)
     config_hash = cfg.content_hash()
-    pad_id = qlora.tokenizer.pad_token_id
     autocast = _autocast(cfg, device)
 
     step, position, last_loss, kept_micro_batch = 0, 0, None, None
@@ -177,6 +185,11 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
     else:
         order = BatchOrder(len(setup.examples), micro, train_cfg.seed)
 
+    make_batch = batch_maker(cfg, qlora.tokenizer)
+    if train_cfg.packing:
+        log.info("packing: each micro-batch in one row, attention per example (%s)",
+                 "torch's variable-length Flash Attention" if device.type == "cuda"
+                 else "SDPA, one example at a time")
     meter = MemoryMeter(device)
     meter.reset()
     lengths = [len(example.input_ids) for example in setup.examples]
@@ -190,19 +203,20 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
         step_batches = [order.micro_batch(position + k) for k in range(accum)]
         if train_cfg.group_by_length:
             step_batches = group_by_length(step_batches, lengths)
-        batches = [collate([setup.examples[i] for i in indices], pad_id) for indices in step_batches]
+        batches = [make_batch([setup.examples[i] for i in indices]) for indices in step_batches]
         # Normalize by the step's target tokens, not per micro-batch: every token weighs
         # the same whatever the padding and accumulation. Counted on the host: no sync.
         target_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        tokens = sum(real_tokens(b) for b in batches)
         loss_total = torch.zeros((), device=device)
         for batch in batches:
-            batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-            with autocast:
-                # Keep only the loss: holding the output would keep the logits (the largest
-                # activation) alive through the backward pass.
-                loss = model(**batch, num_items_in_batch=target_tokens).loss
-            loss.backward()
+            batch = to_device(batch, device)
+            with packed_attention(model, train_cfg.packing):
+                with autocast:
+                    # Keep only the loss: holding the output would keep the logits (the largest
+                    # activation) alive through the backward pass.
+                    loss = model(**batch, num_items_in_batch=target_tokens).loss
+                loss.backward()
             loss_total += loss.detach().float()
             del loss
         max_norm = train_cfg.max_grad_norm if train_cfg.max_grad_norm > 0 else math.inf
@@ -281,8 +295,16 @@ def choose_layout(cfg: TrainingConfig, setup: TrainingSetup, device: torch.devic
         return BatchLayout(batch, 1, "on CPU: the whole step in one micro-batch")
     budget = (int(train_cfg.max_memory_gib * GIB) if train_cfg.max_memory_gib
               else default_budget_bytes(device))
-    longest = max(setup.examples, key=lambda example: len(example.input_ids))
+    by_length = sorted(setup.examples, key=lambda example: -len(example.input_ids))
+    longest = by_length[0]
     seq_len = len(longest.input_ids)
+    packing = train_cfg.packing
+    make_batch = batch_maker(cfg, setup.qlora.tokenizer)
+
+    def worst_case(micro: int) -> list[Example]:
+        # the most memory a micro-batch can take: padded, micro rows of the longest example;
+        # packed, the micro longest examples end to end in one row
+        return by_length[:micro] if packing else [longest] * micro
     shape = shape_of(model_source(cfg.model))
     trainable = sum(p.numel() for p in setup.qlora.model.parameters() if p.requires_grad)
     optimizer_state = trainable * (2 if train_cfg.optimizer == "paged_adamw_8bit" else 8)
@@ -290,14 +312,15 @@ def choose_layout(cfg: TrainingConfig, setup: TrainingSetup, device: torch.devic
     fused = setup.qlora.kernels.startswith("liger")
 
     def fits(micro: int) -> bool:
-        estimate = (training_cost(cfg, shape, micro_batch_size=micro, seq_len=seq_len,
+        rows, row_len = (1, sum(len(e.input_ids) for e in worst_case(micro))) if packing else (micro, seq_len)
+        estimate = (training_cost(cfg, shape, micro_batch_size=rows, seq_len=row_len,
                                   fused_cross_entropy=fused).peak_bytes if shape is not None else None)
         if estimate is not None and estimate > budget:
             log.info("micro-batch %d: estimated %.1f GiB, over the %.1f GiB budget", micro,
                      estimate / GIB, budget / GIB)
             return False  # the estimate rules it out: not worth a probe
-        batch_tensors = collate([longest] * micro, setup.qlora.tokenizer.pad_token_id)
-        peak = probe_peak_bytes(setup.qlora.model, batch_tensors, device, autocast)
+        peak = probe_peak_bytes(setup.qlora.model, make_batch(worst_case(micro)), device, autocast,
+                                packed=packing)
         probed[micro] = None if peak is None else peak + optimizer_state
         log.info("micro-batch %d: probe %s", micro, "ran out of memory" if peak is None else
                  f"peaked at {peak / GIB:.1f} GiB (+{optimizer_state / GIB:.1f} GiB optimizer state)")
@@ -305,9 +328,20 @@ def choose_layout(cfg: TrainingConfig, setup: TrainingSetup, device: torch.devic
 
     micro = largest_fitting(batch, fits)
     measured = probed.get(micro)
-    found = (f"{micro} copies of the longest example ({seq_len} tokens) peaked at "
-             f"{measured / GIB:.1f} GiB with the optimizer state" if measured else "nothing larger fit")
+    probed_what = (f"the {micro} longest examples packed ({sum(len(e.input_ids) for e in worst_case(micro))} "
+                   "tokens)" if packing else f"{micro} copies of the longest example ({seq_len} tokens)")
+    found = (f"{probed_what} peaked at {measured / GIB:.1f} GiB with the optimizer state" if measured
+             else "nothing larger fit")
     return BatchLayout(micro, batch // micro, f"auto: {found}, budget {budget / GIB:.1f} GiB")
+
+
+def batch_maker(cfg: TrainingConfig, tokenizer: Any) -> Callable[[list[Example]], dict[str, Any]]:
+    """How a micro-batch's examples become model inputs: packed in one row (``train.packing``)
+    or right-padded to the longest."""
+    if cfg.train.packing:
+        return pack
+    pad_id = tokenizer.pad_token_id
+    return lambda examples: collate(examples, pad_id)
 
 
 def _autocast(cfg: TrainingConfig, device: torch.device) -> contextlib.AbstractContextManager:

@@ -1,6 +1,6 @@
-"""How a step's examples are laid out into micro-batches (``train.group_by_length``) changes
-padding, not training: the same examples per step, the same loss and LoRA gradients, the same
-loss curve, and an exact resume."""
+"""How a step's examples are laid out into micro-batches (``train.group_by_length``,
+``train.packing``) changes padding, not training: the same examples per step, the same loss and
+LoRA gradients, the same loss curve, and an exact resume."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import torch
 from qsweep.trainers.examples import IGNORE_INDEX, BatchOrder, collate, group_by_length
 from qsweep.trainers.loop import prepare, train
+from qsweep.trainers.packing import PACKED_ATTENTION, pack, packed_attention, real_tokens
 
 
 def padding(micro_batches: list[list[int]], lengths: list[int]) -> int:
@@ -54,16 +55,19 @@ def layout(varied_data: Path, **train) -> dict:
             "train": {"micro_batch_size": 2, "grad_accum_steps": 4, "max_steps": 6, **train}}
 
 
-def step_loss_and_grads(setup, micro_batches: list[list[int]]) -> tuple[float, dict[str, torch.Tensor]]:
+def step_loss_and_grads(setup, micro_batches: list[list[int]],
+                        packed: bool = False) -> tuple[float, dict[str, torch.Tensor]]:
     """One optimizer step's loss and LoRA gradients, computed as the training loop does."""
     model, pad_id = setup.qlora.model, setup.qlora.tokenizer.pad_token_id
     model.zero_grad(set_to_none=True)
-    batches = [collate([setup.examples[i] for i in batch], pad_id) for batch in micro_batches]
+    examples = [[setup.examples[i] for i in batch] for batch in micro_batches]
+    batches = [pack(b) if packed else collate(b, pad_id) for b in examples]
     target_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
     total = 0.0
     for batch in batches:
-        loss = model(**batch, num_items_in_batch=target_tokens).loss
-        loss.backward()
+        with packed_attention(model, packed):
+            loss = model(**batch, num_items_in_batch=target_tokens).loss
+            loss.backward()
         total += float(loss.detach())
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
     return total, grads
@@ -151,3 +155,130 @@ def test_every_layout_gives_each_example_the_same_loss(tiny_config, varied_data:
         assert losses.keys() == reference.keys(), name
         for index, loss in losses.items():
             assert loss == pytest.approx(reference[index], rel=1e-5), (name, index)
+
+
+# --- packing: a micro-batch's examples in one row, each attending only to itself ---
+
+
+def test_a_packed_row_holds_the_padded_targets_one_for_one(tiny_config, varied_data: Path) -> None:
+    setup = prepare(tiny_config(**layout(varied_data, response_only_loss=False)))
+    examples = setup.examples[:5]
+    row = pack(examples)
+    padded = collate(examples, setup.qlora.tokenizer.pad_token_id)
+    lengths = [len(e.input_ids) for e in examples]
+    assert row["input_ids"].shape == (1, sum(lengths))
+    assert real_tokens(row) == real_tokens(padded) == sum(lengths)
+    assert row["cu_seq_lens_q"].tolist() == np.cumsum([0, *lengths]).tolist()
+    assert row["max_length_q"] == max(lengths)
+    starts = row["cu_seq_lens_q"][:-1].tolist()
+    assert row["position_ids"][0, starts].tolist() == [0] * 5  # positions restart with each example
+    # every (next token) target of the padded rows, and nothing across examples
+    packed_targets = [(int(t), int(row["input_ids"][0, i])) for i, t in enumerate(row["labels"][0])
+                      if t != IGNORE_INDEX]
+    padded_targets = [(int(t), int(padded["input_ids"][r, i])) for r in range(5)
+                      for i, t in enumerate(padded["labels"][r]) if i > 0 and t != IGNORE_INDEX]
+    assert packed_targets == padded_targets
+    targets = [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in (row, padded)]
+    assert targets[0] == targets[1] == len(padded_targets)
+
+
+def test_packing_keeps_response_only_masking(tiny_config, varied_data: Path) -> None:
+    setup = prepare(tiny_config(**layout(varied_data)))  # response_only_loss: the default
+    row = pack(setup.examples[:4])
+    offset = 0
+    for example in setup.examples[:4]:
+        labels = row["labels"][0, offset:offset + len(example.input_ids)].tolist()
+        prompt = sum(label == IGNORE_INDEX for label in example.labels)
+        assert labels[:prompt] == [IGNORE_INDEX] * prompt and labels[prompt:] == list(example.labels[prompt:])
+        offset += len(example.input_ids)
+
+
+def packed_per_example_losses(setup, micro_batches: list[list[int]]) -> dict[int, float]:
+    """Each example's summed token loss from the packed row of its micro-batch."""
+    model = setup.qlora.model
+    losses: dict[int, float] = {}
+    with torch.no_grad(), packed_attention(model):
+        for batch_indices in micro_batches:
+            row = pack([setup.examples[i] for i in batch_indices])
+            inputs = {k: v for k, v in row.items() if k != "labels"}
+            logits = model(**inputs).logits
+            token_losses = torch.nn.functional.cross_entropy(
+                logits[0, :-1].float(), row["labels"][0, 1:], ignore_index=IGNORE_INDEX, reduction="none")
+            bounds = row["cu_seq_lens_q"].tolist()
+            for k, index in enumerate(batch_indices):
+                # the targets of example k are predicted from positions bounds[k] .. bounds[k+1]-2
+                losses[index] = float(token_losses[bounds[k]:bounds[k + 1] - 1].sum())
+    return losses
+
+
+def test_packed_examples_get_the_loss_they_get_alone(tiny_config, varied_data: Path) -> None:
+    setup = prepare(tiny_config(**layout(varied_data)))
+    lengths = [len(e.input_ids) for e in setup.examples]
+    step = [i for k in range(4) for i in BatchOrder(len(lengths), 2, seed=0).micro_batch(k)]
+    alone = per_example_losses(setup, [[i] for i in step])
+    for micro_batches in ([step], [step[:3], step[3:]]):
+        packed = packed_per_example_losses(setup, micro_batches)
+        assert packed.keys() == alone.keys()
+        for index, loss in packed.items():
+            assert loss == pytest.approx(alone[index], rel=1e-5), index
+
+
+def test_packing_gives_the_plain_step_loss_and_lora_gradients(tiny_config, varied_data: Path) -> None:
+    setup = prepare(tiny_config(**layout(varied_data)))
+    order = BatchOrder(len(setup.examples), 2, seed=0)
+    plain = [order.micro_batch(k) for k in range(4)]
+    plain_loss, plain_grads = step_loss_and_grads(setup, plain)
+    packed_loss, packed_grads = step_loss_and_grads(setup, plain, packed=True)
+    assert packed_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert plain_grads.keys() == packed_grads.keys() and len(plain_grads) > 0
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert setup.qlora.model.config._attn_implementation != PACKED_ATTENTION  # restored after each pass
+
+
+def test_a_packed_run_follows_the_plain_loss_curve_and_resumes_exactly(tiny_config, varied_data: Path,
+                                                                       tmp_path: Path) -> None:
+    plain = train(tiny_config(**layout(varied_data)), tmp_path / "plain")
+    cfg = tiny_config(**layout(varied_data, packing=True, checkpoint_every=2))
+    packed = train(cfg, tmp_path / "packed")
+    assert [m.loss for m in packed.history] == pytest.approx([m.loss for m in plain.history], rel=1e-4)
+    assert [m.tokens for m in packed.history] == [m.tokens for m in plain.history]
+
+    def crash_at_5(metrics) -> None:  # mid-epoch: 24 examples, 8 per step
+        if metrics.step == 5:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "interrupted", crash_at_5)
+    resumed = train(cfg, tmp_path / "interrupted")
+    assert resumed.resumed_from_step == 4
+    assert [m.loss for m in resumed.history] == [m.loss for m in packed.history[4:]]
+
+
+def test_packing_with_an_auto_micro_batch_trains_the_same_steps(tiny_config, varied_data: Path,
+                                                                tmp_path: Path) -> None:
+    common = {"micro_batch_size": "auto", "batch_size": 8, "max_steps": 3}
+    padded = train(tiny_config(**layout(varied_data, **common)), tmp_path / "padded")
+    packed = train(tiny_config(**layout(varied_data, packing=True, **common)), tmp_path / "packed")
+    assert packed.micro_batch_size == 8  # on CPU the whole step is one micro-batch: one packed row
+    assert [m.loss for m in packed.history] == pytest.approx([m.loss for m in padded.history], rel=1e-4)
+
+
+def test_outside_a_packed_pass_the_model_attends_as_before(tiny_config, varied_data: Path) -> None:
+    """Evaluation after packed training: a padded batch through the packed attention's
+    fallback gives transformers' SDPA result."""
+    setup = prepare(tiny_config(**layout(varied_data)))
+    model = setup.qlora.model
+    batch = collate(setup.examples[:3], setup.qlora.tokenizer.pad_token_id)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        usual = model(**inputs).logits
+        with packed_attention(model):
+            fallback = model(**inputs).logits
+    torch.testing.assert_close(fallback, usual)
+
+
+def test_packing_off_keeps_the_hash_of_configs_written_before_it(tiny_config, varied_data: Path) -> None:
+    off, on = tiny_config(**layout(varied_data)), tiny_config(**layout(varied_data, packing=True))
+    assert "packing" not in off.identity()["train"]
+    assert on.identity()["train"]["packing"] is True and on.content_hash() != off.content_hash()
