@@ -108,16 +108,21 @@ def test_a_grouped_run_resumes_mid_epoch_with_the_same_losses(tiny_config, varie
     # 24 examples, 8 per step: an epoch is 3 steps; the crash at step 5 is mid-epoch
     cfg = tiny_config(**layout(varied_data, group_by_length=True, checkpoint_every=2))
     reference = train(cfg, tmp_path / "uninterrupted")
+    resumed = crash_at_step_5_and_resume(cfg, tmp_path / "interrupted")
+    assert [m.loss for m in resumed.history] == [m.loss for m in reference.history[4:]]
 
+
+def crash_at_step_5_and_resume(cfg, workdir: Path):
+    """Train ``cfg`` (a checkpoint every 2 steps), crash after step 5, resume: the resumed run."""
     def crash_at_5(metrics) -> None:
         if metrics.step == 5:
             raise Crash
 
     with pytest.raises(Crash):
-        train(cfg, tmp_path / "interrupted", crash_at_5)
-    resumed = train(cfg, tmp_path / "interrupted")
+        train(cfg, workdir, crash_at_5)
+    resumed = train(cfg, workdir)
     assert resumed.resumed_from_step == 4
-    assert [m.loss for m in resumed.history] == [m.loss for m in reference.history[4:]]
+    return resumed
 
 
 def test_grouping_off_keeps_the_hash_of_configs_written_before_it(tiny_config, varied_data: Path) -> None:
@@ -244,14 +249,7 @@ def test_a_packed_run_follows_the_plain_loss_curve_and_resumes_exactly(tiny_conf
     assert [m.loss for m in packed.history] == pytest.approx([m.loss for m in plain.history], rel=1e-4)
     assert [m.tokens for m in packed.history] == [m.tokens for m in plain.history]
 
-    def crash_at_5(metrics) -> None:  # mid-epoch: 24 examples, 8 per step
-        if metrics.step == 5:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train(cfg, tmp_path / "interrupted", crash_at_5)
-    resumed = train(cfg, tmp_path / "interrupted")
-    assert resumed.resumed_from_step == 4
+    resumed = crash_at_step_5_and_resume(cfg, tmp_path / "interrupted")  # mid-epoch: 8 of 24 a step
     assert [m.loss for m in resumed.history] == [m.loss for m in packed.history[4:]]
 
 
