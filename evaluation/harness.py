@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from qsweep.evaluation.batching import BatchSizer
 from qsweep.evaluation.config import MMLU_FAMILY, EvalConfig
+from qsweep.evaluation.items import ItemRecords
 from qsweep.evaluation.mmlu_categories import SUBJECT_CATEGORIES, subject_key
 from qsweep.evaluation.results import subject_task, summarize
 from qsweep.evaluation.task_files import TASKS_DIR
@@ -48,6 +49,8 @@ class EvalOutcome:
     """lm-eval's results, JSON-ready (per-sample records moved to ``samples``)."""
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Per-task per-document records, when asked for."""
+    items: ItemRecords | None = None
+    """Per-question and per-document scores (always kept: item-level statistics need them)."""
     seconds: float = 0.0
     documents: int = 0
     batch_size: Any = None
@@ -56,10 +59,13 @@ class EvalOutcome:
     """Runs it took: an evaluation that ran out of memory is retried with smaller batches."""
 
     def write(self, directory: Path) -> list[Path]:
-        """results.json (and samples_<task>.jsonl) into ``directory``; returns the files."""
+        """results.json, items.json.gz (and samples_<task>.jsonl) into ``directory``; returns
+        the files."""
         directory.mkdir(parents=True, exist_ok=True)
         written = [directory / "results.json"]
         written[0].write_text(json.dumps(self.results, indent=1, default=_jsonable))
+        if self.items is not None and len(self.items):
+            written.append(self.items.write(directory))
         for task, records in self.samples.items():
             path = directory / f"samples_{task}.jsonl"
             path.write_text("".join(json.dumps(r, default=_jsonable) + "\n" for r in records))
@@ -285,7 +291,7 @@ def evaluate_model(model: Any, tokenizer: Any, cfg: EvalConfig, *, compute_dtype
                 torch.manual_seed(cfg.seed)
                 try:
                     raw = evaluator.evaluate(lm=lm, task_dict=loaded, samples=samples,
-                                             log_samples=cfg.save_samples, bootstrap_iters=1000)
+                                             log_samples=True, bootstrap_iters=1000)
                 except torch.OutOfMemoryError:
                     if attempts >= OOM_ATTEMPTS or not sizer.shrink():
                         raise
@@ -297,5 +303,6 @@ def evaluate_model(model: Any, tokenizer: Any, cfg: EvalConfig, *, compute_dtype
     seconds = time.perf_counter() - started
     per_sample = raw.pop("samples", {}) or {}
     documents = sum(v.get("effective", 0) for v in raw.get("n-samples", {}).values())
-    return EvalOutcome(metrics=summarize(raw), results=raw, samples=per_sample, seconds=seconds,
+    return EvalOutcome(metrics=summarize(raw), results=raw, samples=per_sample if cfg.save_samples else {},
+                       items=ItemRecords.from_samples(per_sample), seconds=seconds,
                        documents=documents, batch_size=dict(sizer.chosen), attempts=attempts)

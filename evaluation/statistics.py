@@ -103,3 +103,93 @@ def paired_permutation_test(a: Sequence[float], b: Sequence[float], confidence: 
                                method="percentile", rng=seed).confidence_interval
     return Comparison(Estimate(mean, float(interval.low), float(interval.high), len(x), confidence),
                       float(permuted.pvalue), "paired permutation test")
+
+
+# --- item level: questions and documents, and seeds -------------------------------------------
+
+ACCURACY, PERPLEXITY = "accuracy", "perplexity"
+ITEM_METHOD = "bootstrap over seeds and items"
+
+
+def _statistic(values: np.ndarray, weights: np.ndarray | None, kind: str) -> np.ndarray:
+    """Per-seed-row statistic over the last axis (items), averaged over the seed axis (-2).
+
+    ``values`` is (..., seeds, items): accuracy, the mean of 0/1 scores; perplexity, the
+    corpus-level perplexity exp(-sum log-likelihood / sum words) of each seed's documents.
+    """
+    if kind == ACCURACY:
+        per_seed = values.mean(axis=-1)
+    elif kind == PERPLEXITY:
+        assert weights is not None
+        per_seed = np.exp(-values.sum(axis=-1) / weights.sum(axis=-1))
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    return per_seed.mean(axis=-1)
+
+
+def item_replicates(values: np.ndarray, weights: np.ndarray | None, kind: str, *,
+                    n_resamples: int = 2000, seed: int = 0, chunk: int = 100) -> np.ndarray:
+    """Two-level bootstrap replicates of a cell's statistic: each replicate draws seeds with
+    replacement and items with replacement (the same items for every drawn seed).
+
+    ``values``: (seeds, items); ``weights``: (items,) words or bytes for perplexity. The draws
+    depend only on (seed, shape), so two rows with the same items and seeds get the same ones.
+    """
+    seeds, items = values.shape
+    rng = np.random.default_rng(seed)
+    out = []
+    for start in range(0, n_resamples, chunk):
+        count = min(chunk, n_resamples - start)
+        seed_draw = rng.integers(0, seeds, size=(count, seeds))
+        item_draw = rng.integers(0, items, size=(count, items))
+        picked = values[seed_draw[:, :, None], item_draw[:, None, :]]  # (count, seeds, items)
+        w = None if weights is None else np.broadcast_to(weights[item_draw][:, None, :], picked.shape)
+        out.append(_statistic(picked, w, kind))
+    return np.concatenate(out)
+
+
+def item_interval(values: np.ndarray, weights: np.ndarray | None = None, kind: str = ACCURACY, *,
+                  confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> Estimate:
+    """A cell's estimate over its seeds (rows) and items (columns), with the percentile
+    interval of :func:`item_replicates`: inside [0, 1] for accuracies by construction; with
+    one seed, an interval over items alone. ``n`` is seeds x items."""
+    values = np.asarray(values, dtype=float)
+    w = None if weights is None else np.asarray(weights, dtype=float)
+    if values.ndim != 2 or values.size == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0, confidence)
+    mean = float(_statistic(values, w, kind))
+    replicates = item_replicates(values, w, kind, n_resamples=n_resamples, seed=seed)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(replicates, [tail, 1 - tail])
+    return Estimate(mean, float(low), float(high), int(values.size), confidence)
+
+
+def paired_item_comparison(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None,
+                           kind: str = ACCURACY, *, confidence: float = 0.95, n_resamples: int = 1999,
+                           seed: int = 0) -> Comparison:
+    """Row A against row B over the same items and seeds (``a``, ``b``: (seeds, items), the
+    same order): the difference of their statistics, a paired two-level bootstrap interval
+    (the same draws for both rows), and a permutation p-value that swaps A and B within each
+    (seed, item) pair (scipy's ``permutation_test``, exact when there are few pairs)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"paired items differ in shape: {a.shape} and {b.shape}")
+    w = None if weights is None else np.asarray(weights, dtype=float)
+    shape = a.shape
+    difference = float(_statistic(a, w, kind) - _statistic(b, w, kind))
+    draws = min(n_resamples, 4000)
+    spread = (item_replicates(a, w, kind, n_resamples=draws, seed=seed)
+              - item_replicates(b, w, kind, n_resamples=draws, seed=seed))
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(spread, [tail, 1 - tail])
+
+    def statistic(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+        x = np.moveaxis(x, axis, -1).reshape(*x.shape[:axis % x.ndim], *shape)
+        y = np.moveaxis(y, axis, -1).reshape(*y.shape[:axis % y.ndim], *shape)
+        return _statistic(x, w, kind) - _statistic(y, w, kind)
+
+    permuted = stats.permutation_test((a.ravel(), b.ravel()), statistic, permutation_type="samples",
+                                      vectorized=True, n_resamples=n_resamples, batch=200, rng=seed)
+    return Comparison(Estimate(difference, float(low), float(high), int(a.size), confidence),
+                      float(permuted.pvalue), f"paired permutation test over (seed, item) pairs; "
+                                              f"interval: {ITEM_METHOD}")

@@ -6,19 +6,35 @@ row axis, the column axes and the metric; ``<metric>@0`` takes the value logged 
 the untuned base, the setting of the paper's Table 2. Outputs: a rich table on the terminal,
 Markdown, LaTeX (booktabs), CSV and PNG plots, all also logged on the parent run under
 ``report/``.
+
+Where the trials recorded their evaluations' items (questions, documents: ``eval/items.json.gz``
+and ``eval/baseline/items.json.gz``), cells get a bootstrap interval over seeds and items and a
+comparison of two rows is tested over the same items and seeds (a paired permutation test);
+the seed-level paired t-test follows as a second line where at least 3 (column, seed) pairs
+exist, and is the only one for runs recorded without items.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qsweep.evaluation.statistics import Comparison, paired_t_test
+from qsweep.evaluation.items import ITEMS_FILE, ItemRecords, ItemScores
+from qsweep.evaluation.statistics import Comparison, paired_item_comparison, paired_t_test
 from qsweep.orchestrator.report.layouts import Layout
-from qsweep.orchestrator.report.tables import ReportedTrial, Table, build_table, to_csv, to_latex, to_markdown
+from qsweep.orchestrator.report.tables import (
+    ReportedTrial,
+    Table,
+    aligned_items,
+    build_table,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
 from qsweep.trainers.errors import ReportError
 
 
@@ -56,11 +72,39 @@ def read_sweep(uri: str, experiment: str, sweep: str, metrics: list[str]) -> Swe
         labels = {key.removeprefix("qsweep.axis."): value for key, value in tags.items()
                   if key.startswith("qsweep.axis.")}
         status = tags.get("qsweep.status", "unknown")
-        trials.append(ReportedTrial(labels, int(tags.get("qsweep.seed", 0)), status, values))
+        items = _items(client, run.info.run_id, metrics) if status == "finished" else {}
+        trials.append(ReportedTrial(labels, int(tags.get("qsweep.seed", 0)), status, values, items))
     params = parent.data.params
     seeds = json.loads(params.get("sweep.seeds", "[0]"))
     axes = _structured(params.get("sweep.grid", "{}"))
     return SweepRecords(parent.info.run_id, parent.info.experiment_id, seeds, axes, trials)
+
+
+def _items(client: Any, run_id: str, metrics: list[str]) -> dict[str, ItemScores]:
+    """The items behind each metric, from the run's ``eval/items.json.gz`` (final evaluation)
+    or ``eval/baseline/items.json.gz`` (``@0``); none for runs recorded without them."""
+    found: dict[str, ItemScores] = {}
+    records: dict[str, ItemRecords | None] = {}
+    for metric in metrics:
+        name, _, step = metric.partition("@")
+        where = "eval/baseline" if step == "0" else "eval"
+        if step not in ("", "0"):
+            continue  # intermediate evaluations keep no items
+        if where not in records:
+            records[where] = _download_items(client, run_id, f"{where}/{ITEMS_FILE}")
+        scores = records[where].for_metric(name) if records[where] is not None else None
+        if scores is not None:
+            found[metric] = scores
+    return found
+
+
+def _download_items(client: Any, run_id: str, path: str) -> ItemRecords | None:
+    with tempfile.TemporaryDirectory() as directory:
+        try:
+            local = client.download_artifacts(run_id, path, directory)
+        except Exception:  # noqa: BLE001 - an older run without items: the report falls back to seeds
+            return None
+        return ItemRecords.read(Path(local))
 
 
 def _structured(text: str) -> Any:
@@ -88,34 +132,61 @@ def make_table(records: SweepRecords, layout: Layout) -> Table:
                        row_order=records.axes[layout.rows])
 
 
-def compare_rows(records: SweepRecords, layout: Layout) -> Comparison | None:
-    """Paired t-test of ``layout.compare`` rows over the (column, seed) pairs both finished."""
+def compare_rows(records: SweepRecords, layout: Layout) -> list[Comparison]:
+    """``layout.compare``'s rows over the (column, seed) pairs both finished: at item level where
+    every pair has items in common, and by a paired t-test over the pairs where there are at
+    least 3 of them (or no items); empty when nothing can be compared."""
     if layout.compare is None:
-        return None
+        return []
     first, second = layout.compare
-    keyed: dict[str, dict[tuple[str, int], float]] = {first: {}, second: {}}
+    keyed: dict[str, dict[tuple[str, int], ReportedTrial]] = {first: {}, second: {}}
     for trial in records.trials:
         row = trial.labels.get(layout.rows)
         value = trial.metrics.get(layout.metric)
         if row in keyed and trial.status == "finished" and value is not None and math.isfinite(value):
             column = tuple(trial.labels.get(axis, "?") for axis in layout.columns)
-            keyed[row][(str(column), trial.seed)] = value
+            keyed[row][(str(column), trial.seed)] = trial
     shared = sorted(set(keyed[first]) & set(keyed[second]))
-    if len(shared) < 2:
+    comparisons = []
+    item_level = _item_comparison([keyed[first][k] for k in shared], [keyed[second][k] for k in shared],
+                                  layout.metric)
+    if item_level is not None:
+        comparisons.append(item_level)
+    if len(shared) >= (3 if item_level is not None else 2):
+        comparisons.append(paired_t_test([keyed[first][k].metrics[layout.metric] for k in shared],
+                                         [keyed[second][k].metrics[layout.metric] for k in shared]))
+    return comparisons
+
+
+def _item_comparison(first: list[ReportedTrial], second: list[ReportedTrial],
+                     metric: str) -> Comparison | None:
+    if not first or any(metric not in t.items for t in [*first, *second]):
         return None
-    return paired_t_test([keyed[first][k] for k in shared], [keyed[second][k] for k in shared])
+    aligned = aligned_items([t.items[metric] for t in [*first, *second]])
+    if aligned is None:
+        return None
+    rows, weights, kind = aligned
+    return paired_item_comparison(rows[:len(first)], rows[len(first):], weights, kind)
 
 
-def describe_comparison(layout: Layout, comparison: Comparison | None) -> str:
+def describe_comparison(layout: Layout, comparisons: list[Comparison]) -> str:
     if layout.compare is None:
         return ""
     first, second = layout.compare
-    if comparison is None:
+    if not comparisons:
         return f"{first} vs {second}: fewer than two paired (column, seed) results, no test."
-    d = comparison.difference
-    p_value = f", p = {comparison.p_value:.3g}" if math.isfinite(comparison.p_value) else ""
-    return (f"{first} - {second}: {d.format(layout.scale, 3)} over {d.n} paired (column, seed) "
-            f"results; {comparison.test}{p_value}")
+    lines = []
+    for comparison in comparisons:
+        d = comparison.difference
+        p_value = f", p = {comparison.p_value:.3g}" if math.isfinite(comparison.p_value) else ""
+        if comparison.test.startswith("paired permutation"):
+            lines.append(f"{first} - {second}: {d.mean * layout.scale:.3f} [95% interval "
+                         f"{d.low * layout.scale:.3f}, {d.high * layout.scale:.3f}] over {d.n} paired "
+                         f"item results; {comparison.test}{p_value}")
+        else:
+            lines.append(f"{first} - {second}: {d.format(layout.scale, 3)} over {d.n} paired (column, seed) "
+                         f"results; {comparison.test}{p_value}")
+    return "\n".join(lines)
 
 
 def plot(table: Table, path: Path) -> Path:

@@ -2,7 +2,10 @@
 
 A table has one row per label of a grid axis (``data_type``: 16-bit, NF4+DQ, FP4) and one
 column per combination of the column axes (``model`` x ``data.name``), as the paper's Table 4;
-each cell is the mean of a metric over the cell's seeds with its t-interval and n. A cell
+each cell is the mean of a metric over the cell's seeds with its 95% interval and n. Where the
+trials recorded their evaluations' items (``qsweep.evaluation.items``: questions, documents),
+the interval is a bootstrap over seeds and items (the same items for every seed), always
+inside [0, 1] for accuracies and valid with one seed; otherwise a t-interval over seeds. A cell
 whose seeds did not all finish is marked — never silently averaged as if complete — and the
 Mean column is computed per seed over the columns, so it has an interval too when every
 column has that seed. Grid axes in neither rows nor columns are averaged per seed (the paper's
@@ -15,10 +18,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from qsweep.evaluation.statistics import Estimate, t_interval
+from qsweep.evaluation.items import ItemScores
+from qsweep.evaluation.statistics import ITEM_METHOD, Estimate, item_interval, t_interval
 
 INCOMPLETE = "†"
 
@@ -33,6 +37,30 @@ class ReportedTrial:
     status: str
     """finished, failed, nan, pruned, running ..."""
     metrics: dict[str, float] = field(default_factory=dict)
+    items: dict[str, ItemScores] = field(default_factory=dict)
+    """Per metric (as the report names it, ``@0`` included): the items behind its value."""
+
+
+SEED_METHOD = "t-interval over seeds"
+
+
+def aligned_items(scores: Sequence[ItemScores]) -> tuple[list[list[float]], list[float] | None, str] | None:
+    """Several trials' items of one metric as a seeds x items matrix over the items all of them
+    have (in the first one's order), with the perplexity weights and the kind; None if they
+    have none in common or differ in kind."""
+    if not scores or len({s.kind for s in scores}) != 1:
+        return None
+    common = set(scores[0].ids).intersection(*(s.ids for s in scores[1:]))
+    order = [i for i in scores[0].ids if i in common]
+    if not order:
+        return None
+    rows = []
+    for s in scores:
+        position = {item: k for k, item in enumerate(s.ids)}
+        rows.append([s.values[position[item]] for item in order])
+    first = {item: k for k, item in enumerate(scores[0].ids)}
+    weights = [scores[0].weights[first[item]] for item in order] if scores[0].weights else None
+    return rows, weights, scores[0].kind
 
 
 @dataclass(frozen=True)
@@ -45,10 +73,18 @@ class TableCell:
     failed: int
     """Trials of the cell that ended without the metric (failed, nan, pruned); a cell with any
     is marked, even when averaging over other axes left every seed a value."""
+    seeds: int = 0
+    """Seeds with a value."""
+    items: int = 0
+    """Items (questions, documents) per seed behind the interval; 0: a t-interval over seeds."""
 
     @property
     def complete(self) -> bool:
-        return self.estimate.n == self.expected and not self.failed
+        return self.seeds == self.expected and not self.failed
+
+    @property
+    def method(self) -> str:
+        return ITEM_METHOD if self.items else SEED_METHOD
 
 
 @dataclass(frozen=True)
@@ -73,7 +109,9 @@ class Table:
         cell = self.cells.get((row, column))
         if cell is None or cell.estimate.n == 0:
             return "failed" if cell is not None and cell.failed else "—"
-        text = cell.estimate.format(self.scale)
+        e = cell.estimate
+        text = (f"{e.mean * self.scale:.2f} [{e.low * self.scale:.2f}, {e.high * self.scale:.2f}]"
+                if cell.items else e.format(self.scale))
         return text if cell.complete else f"{text}{INCOMPLETE}"
 
     def mean(self, row: str) -> str:
@@ -85,9 +123,28 @@ class Table:
         for (row, column), cell in self.cells.items():
             if not cell.complete:
                 why = f", {cell.failed} failed" if cell.failed else ""
-                notes.append(f"{INCOMPLETE} {row} / {column}: n={cell.estimate.n} of {cell.expected} "
+                notes.append(f"{INCOMPLETE} {row} / {column}: n={cell.seeds} of {cell.expected} "
                              f"seeds{why}")
         return notes
+
+    def method(self) -> str:
+        """What the cells' intervals cover, with n: for the caption."""
+        by_items = [c for c in self.cells.values() if c.seeds and c.items]
+        by_seeds = [c for c in self.cells.values() if c.seeds and not c.items]
+        methods = []
+        if by_items:
+            methods.append(f"mean [95% interval: {ITEM_METHOD}, n = {_span(c.items for c in by_items)} "
+                           f"items x {_span(c.seeds for c in by_items)} seeds]")
+        if by_seeds:
+            methods.append(f"mean ± half the 95% {SEED_METHOD}, n = {_span(c.seeds for c in by_seeds)} seeds")
+        if self.has_mean and self.means:
+            methods.append("Mean: over columns per seed, then a t-interval over seeds")
+        return "; ".join(methods) or "no values"
+
+
+def _span(values: Iterable[int]) -> str:
+    numbers = sorted(set(values))
+    return str(numbers[0]) if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
 
 
 def _column_label(labels: dict[str, str], axes: Sequence[str]) -> str:
@@ -112,6 +169,7 @@ def build_table(records: Sequence[ReportedTrial], *, rows: str, columns: Sequenc
     row_labels: list[str] = list(row_order or [])
     column_labels: list[str] = []
     collected: dict[tuple[str, str], dict[int, list[float]]] = {}
+    item_scores: dict[tuple[str, str], dict[int, list[ItemScores]]] = {}
     failed: dict[tuple[str, str], int] = {}
     for record in records:
         row = record.labels.get(rows, "?")
@@ -124,6 +182,8 @@ def build_table(records: Sequence[ReportedTrial], *, rows: str, columns: Sequenc
         value = record.metrics.get(metric)
         if record.status == "finished" and value is not None and math.isfinite(value):
             collected.setdefault(key, {}).setdefault(record.seed, []).append(value)
+            if metric in record.items:
+                item_scores.setdefault(key, {}).setdefault(record.seed, []).append(record.items[metric])
         elif record.status != "running":
             failed[key] = failed.get(key, 0) + 1
     # Axes in neither rows nor columns are averaged per seed (Table 2: the mean over models).
@@ -135,8 +195,7 @@ def build_table(records: Sequence[ReportedTrial], *, rows: str, columns: Sequenc
             by_seed = values.get((row, column), {})
             lost = failed.get((row, column), 0)
             if by_seed or lost:
-                estimate = t_interval([by_seed[s] for s in sorted(by_seed)])
-                cells[(row, column)] = TableCell(estimate, len(seeds), lost)
+                cells[(row, column)] = _cell(by_seed, item_scores.get((row, column), {}), len(seeds), lost)
     means = {}
     for row in row_labels:
         per_seed = []
@@ -148,6 +207,20 @@ def build_table(records: Sequence[ReportedTrial], *, rows: str, columns: Sequenc
             means[row] = t_interval(per_seed)
     return Table(title or metric, metric, rows, tuple(columns), row_labels, column_labels, cells, means,
                  scale)
+
+
+def _cell(by_seed: dict[int, float], items: dict[int, list[ItemScores]], expected: int,
+          lost: int) -> TableCell:
+    """A cell's estimate: over seeds and items where every seed has one trial with items, else
+    over seeds."""
+    ordered = sorted(by_seed)
+    if ordered and sorted(items) == ordered and all(len(items[s]) == 1 for s in ordered):
+        aligned = aligned_items([items[s][0] for s in ordered])
+        if aligned is not None:
+            rows, weights, kind = aligned
+            estimate = item_interval(rows, weights, kind)
+            return TableCell(estimate, expected, lost, seeds=len(ordered), items=len(rows[0]))
+    return TableCell(t_interval([by_seed[s] for s in ordered]), expected, lost, seeds=len(ordered))
 
 
 def _header(table: Table) -> list[str]:
@@ -163,7 +236,7 @@ def _body(table: Table) -> list[list[str]]:
 
 
 def to_markdown(table: Table) -> str:
-    lines = [f"**{table.title}** ({table.metric}, mean ± 95% CI over seeds)", "",
+    lines = [f"**{table.title}** ({table.metric}; {table.method()})", "",
              "| " + " | ".join(_header(table)) + " |",
              "|" + "---|" * len(_header(table))]
     lines += ["| " + " | ".join(row) + " |" for row in _body(table)]
@@ -187,8 +260,8 @@ def to_latex(table: Table) -> str:
              r"\toprule", " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
     lines += [" & ".join(_latex_escape(v) for v in row) + r" \\" for row in _body(table)]
     lines += [r"\bottomrule", r"\end{tabular}",
-              rf"\caption{{{_latex_escape(table.title)}: {_latex_escape(table.metric)}, mean $\pm$ 95\% "
-              r"confidence interval over seeds.}", r"\end{table}"]
+              rf"\caption{{{_latex_escape(table.title)}: {_latex_escape(table.metric)}; "
+              rf"{_latex_escape(table.method())}.}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
@@ -197,7 +270,7 @@ def to_csv(table: Table) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([table.row_axis, "column", "metric", "mean", "ci_low", "ci_high", "n", "expected",
-                     "failed"])
+                     "failed", "items", "method"])
     for row in table.rows:
         for column in table.columns:
             cell = table.cells.get((row, column))
@@ -205,8 +278,8 @@ def to_csv(table: Table) -> str:
                 writer.writerow([row, column, table.metric, "", "", "", 0, "", ""])
                 continue
             e = cell.estimate
-            writer.writerow([row, column, table.metric, _number(e.mean), _number(e.low), _number(e.high), e.n,
-                             cell.expected, cell.failed])
+            writer.writerow([row, column, table.metric, _number(e.mean), _number(e.low), _number(e.high),
+                             cell.seeds, cell.expected, cell.failed, cell.items, cell.method])
     return out.getvalue()
 
 

@@ -75,6 +75,12 @@ def test_mmlu_accuracy_equals_an_independent_argmax(qlora) -> None:
         <= set(outcome.metrics)
     assert outcome.metrics["eval/mmlu_offline/acc"] == correct / seen
     assert outcome.metrics["eval/mmlu_offline/n"] == seen
+    # the per-question records that item-level statistics use say the same
+    items = outcome.items.for_metric("eval/mmlu_offline/acc")
+    assert items.kind == "accuracy" and len(items.ids) == seen and sum(items.values) == correct
+    by_task = dict(zip(outcome.items.questions["task"], outcome.items.questions["chosen"], strict=True))
+    for task, records in outcome.samples.items():
+        assert by_task[task] == max(range(4), key=lambda i: records[0]["filtered_resps"][i][0])
 
 
 def test_word_perplexity_equals_token_loglikelihoods(qlora) -> None:
@@ -97,6 +103,10 @@ def test_word_perplexity_equals_token_loglikelihoods(qlora) -> None:
     assert outcome.metrics["eval/perplexity_offline/word_perplexity"] == pytest.approx(
         math.exp(-total_loglik / total_words), rel=1e-3)
     assert outcome.metrics["eval/perplexity"] == outcome.metrics["eval/perplexity_offline/word_perplexity"]
+    items = outcome.items.for_metric("eval/perplexity_offline/word_perplexity")
+    assert items.kind == "perplexity" and len(items.ids) == 6 and sum(items.weights) == total_words
+    assert math.exp(-sum(items.values) / sum(items.weights)) == pytest.approx(
+        outcome.metrics["eval/perplexity_offline/word_perplexity"], rel=1e-9)
 
 
 def test_evaluation_leaves_the_random_state_alone(qlora) -> None:

@@ -67,7 +67,8 @@ def test_table4_from_mlflow_is_exact_and_logged_on_the_parent(sweep_store: str, 
     assert report(sweep_store, tmp_path, "--preset", "table4") == 0
     out = tmp_path / "reports" / "golden"
     assert (out / "table4.md").read_text() == """\
-**Table 4: MMLU accuracy after fine-tuning (%)** (eval/mmlu/acc, mean ± 95% CI over seeds)
+**Table 4: MMLU accuracy after fine-tuning (%)** (eval/mmlu/acc; mean ± half the 95% t-interval over seeds, \
+n = 2-3 seeds; Mean: over columns per seed, then a t-interval over seeds)
 
 | data_type | 7B / alpaca | 7B / flan | Mean |
 |---|---|---|---|
@@ -78,7 +79,7 @@ def test_table4_from_mlflow_is_exact_and_logged_on_the_parent(sweep_store: str, 
 
 """ + expected_comparison()
     assert (out / "table4.csv").read_text().splitlines()[1] == \
-        "NF4+DQ,7B / alpaca,eval/mmlu/acc,0.392333,0.37063,0.414037,3,3,0"
+        "NF4+DQ,7B / alpaca,eval/mmlu/acc,0.392333,0.37063,0.414037,3,3,0,0,t-interval over seeds"
     assert "\\toprule" in (out / "table4.tex").read_text()
     for image in ("table4.png", "table4-memory.png"):
         assert (out / image).read_bytes()[:4] == b"\x89PNG"
@@ -104,3 +105,89 @@ def test_a_layout_on_a_missing_axis_is_a_clear_error(sweep_store: str, tmp_path:
     assert report(sweep_store, tmp_path, "--rows", "quant", "--metric", "eval/mmlu/acc") == 1
     assert "no grid axis 'quant'; its axes: data_type, model, dataset" in capsys.readouterr().err
     assert main(["report", "nowhere", "--root", str(tmp_path), "--preset", "table2"]) == 1
+
+
+# --- item level: a sweep whose trials recorded their questions and documents ---
+
+QUESTIONS = 80
+DOCUMENTS = 30
+
+
+def item_scores(data_type: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fixed per-item data: 0/1 per question, log-likelihood and words per document."""
+    rng = np.random.default_rng([7, seed])
+    truth = rng.random(QUESTIONS) < 0.55
+    correct = truth.copy()
+    if data_type == "FP4":
+        correct[:12] = False  # FP4 loses some questions NF4 gets right
+    words = np.random.default_rng(1).integers(20, 60, DOCUMENTS).astype(float)
+    loglikelihood = -words * (2.0 + (0.15 if data_type == "FP4" else 0.0)) - rng.random(DOCUMENTS)
+    return correct.astype(float), loglikelihood, words
+
+
+@pytest.fixture
+def item_store(tmp_path: Path) -> str:
+    from qsweep.evaluation.items import ItemRecords
+
+    uri = f"sqlite:///{tmp_path / 'items.db'}"
+    parent = MlflowTracker.start(uri, "items", "itemized",
+                                 tags={"qsweep.role": "sweep", "qsweep.sweep": "itemized"})
+    parent.log_params({"sweep.seeds": [0, 1], "sweep.grid": {"data_type": ["NF4", "FP4"]}})
+    for data_type in ("NF4", "FP4"):
+        for seed in (0, 1):
+            correct, loglikelihood, words = item_scores(data_type, seed)
+            tags = {"qsweep.role": "trial", "qsweep.seed": str(seed), "qsweep.axis.data_type": data_type,
+                    "qsweep.status": "finished"}
+            run = MlflowTracker.start(uri, "items", f"{data_type} {seed}", tags=tags,
+                                      parent_run_id=parent.run_id)
+            final, baseline = ItemRecords(), ItemRecords()
+            final.questions.update(task=["mmlu_anatomy"] * QUESTIONS, doc_id=list(range(QUESTIONS)),
+                                   doc_hash=[""] * QUESTIONS, correct=[int(c) for c in correct],
+                                   chosen=[0] * QUESTIONS, answer=[0] * QUESTIONS)
+            baseline.documents.update(task=["perplexity_offline"] * DOCUMENTS, doc_id=list(range(DOCUMENTS)),
+                                      doc_hash=[""] * DOCUMENTS, loglikelihood=loglikelihood.tolist(),
+                                      words=[int(w) for w in words], bytes=[0] * DOCUMENTS)
+            for where, records in (("eval", final), ("eval/baseline", baseline)):
+                directory = tmp_path / f"{data_type}{seed}" / where
+                directory.mkdir(parents=True)
+                run.log_artifact(records.write(directory), where)
+            run.log_metrics({"eval/perplexity": float(np.exp(-loglikelihood.sum() / words.sum()))}, step=0)
+            run.log_metrics({"eval/mmlu/acc": float(correct.mean())}, step=5)
+            run.finish("FINISHED")
+    return uri
+
+
+def test_item_level_intervals_and_comparison_from_mlflow(item_store: str, tmp_path: Path) -> None:
+    from qsweep.evaluation.statistics import PERPLEXITY, item_interval, paired_item_comparison
+
+    args = ["report", "itemized", "--tracking-uri", item_store, "--experiment", "items",
+            "--root", str(tmp_path), "--no-log", "--rows", "data_type", "--compare", "NF4", "FP4"]
+    assert main([*args, "--metric", "eval/mmlu/acc", "--scale", "100", "--name", "acc"]) == 0
+    assert main([*args, "--metric", "eval/perplexity@0", "--name", "ppl"]) == 0
+    out = tmp_path / "reports" / "itemized"
+
+    nf4 = np.array([item_scores("NF4", s)[0] for s in (0, 1)])
+    fp4 = np.array([item_scores("FP4", s)[0] for s in (0, 1)])
+    cell = item_interval(nf4)
+    csv_line = (out / "acc.csv").read_text().splitlines()[1].split(",")
+    assert csv_line[3:6] == [f"{cell.mean:.6g}", f"{cell.low:.6g}", f"{cell.high:.6g}"]
+    assert csv_line[6:] == ["2", "2", "0", str(QUESTIONS), "bootstrap over seeds and items"]
+    markdown = (out / "acc.md").read_text()
+    assert f"n = {QUESTIONS} items x 2 seeds" in markdown
+    assert f"| NF4 | {cell.mean * 100:.2f} [{cell.low * 100:.2f}, {cell.high * 100:.2f}] |" in markdown
+    compared = paired_item_comparison(nf4, fp4)
+    d = compared.difference
+    assert (f"NF4 - FP4: {d.mean * 100:.3f} [95% interval {d.low * 100:.3f}, "
+            f"{d.high * 100:.3f}] over {2 * QUESTIONS} paired item results; "
+            f"paired permutation test") in markdown
+    assert compared.p_value < 0.01 and f"p = {compared.p_value:.3g}" in markdown
+    assert "paired t-test" not in markdown  # 2 seeds: no seed-level test line
+
+    # step-0 perplexity from the baseline's documents
+    words = item_scores("NF4", 0)[2]
+    ll = {t: np.array([item_scores(t, s)[1] for s in (0, 1)]) for t in ("NF4", "FP4")}
+    ppl = (out / "ppl.md").read_text()
+    compared = paired_item_comparison(ll["NF4"], ll["FP4"], words, PERPLEXITY)
+    assert compared.difference.high < 0 and f"p = {compared.p_value:.3g}" in ppl
+    cell = item_interval(ll["FP4"], words, PERPLEXITY)
+    assert f"| FP4 | {cell.mean:.2f} [{cell.low:.2f}, {cell.high:.2f}] |" in ppl

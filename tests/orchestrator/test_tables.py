@@ -36,7 +36,8 @@ def test_cells_are_t_intervals_over_seeds_and_the_mean_is_per_seed(table) -> Non
 
 def test_markdown_latex_and_csv_are_exact(table) -> None:
     assert to_markdown(table) == """\
-**Table 4** (eval/mmlu/acc, mean ± 95% CI over seeds)
+**Table 4** (eval/mmlu/acc; mean ± half the 95% t-interval over seeds, n = 2-3 seeds; Mean: over columns \
+per seed, then a t-interval over seeds)
 
 | data_type | 7B / alpaca | 7B / flan | Mean |
 |---|---|---|---|
@@ -55,15 +56,16 @@ NF4+DQ & 39.23 $\pm$ 2.17 & 44.50 $\pm$ 1.24 & 41.87 $\pm$ 1.70 \\
 FP4 & 37.60 $\pm$ 5.08$^\dagger$ & 44.00 $\pm$ 0.99 & -- \\
 \bottomrule
 \end{tabular}
-\caption{Table 4: eval/mmlu/acc, mean $\pm$ 95\% confidence interval over seeds.}
+\caption{CAPTION}
 \end{table}
-"""
+""".replace("CAPTION", r"Table 4: eval/mmlu/acc; mean $\pm$ half the 95\% t-interval over seeds, "
+            "n = 2-3 seeds; Mean: over columns per seed, then a t-interval over seeds.")
     assert to_csv(table) == """\
-data_type,column,metric,mean,ci_low,ci_high,n,expected,failed
-NF4+DQ,7B / alpaca,eval/mmlu/acc,0.392333,0.37063,0.414037,3,3,0
-NF4+DQ,7B / flan,eval/mmlu/acc,0.445,0.432579,0.457421,3,3,0
-FP4,7B / alpaca,eval/mmlu/acc,0.376,0.325175,0.426825,2,3,1
-FP4,7B / flan,eval/mmlu/acc,0.44,0.430063,0.449937,3,3,0
+data_type,column,metric,mean,ci_low,ci_high,n,expected,failed,items,method
+NF4+DQ,7B / alpaca,eval/mmlu/acc,0.392333,0.37063,0.414037,3,3,0,0,t-interval over seeds
+NF4+DQ,7B / flan,eval/mmlu/acc,0.445,0.432579,0.457421,3,3,0,0,t-interval over seeds
+FP4,7B / alpaca,eval/mmlu/acc,0.376,0.325175,0.426825,2,3,1,0,t-interval over seeds
+FP4,7B / flan,eval/mmlu/acc,0.44,0.430063,0.449937,3,3,0,0,t-interval over seeds
 """
 
 

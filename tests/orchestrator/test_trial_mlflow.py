@@ -118,6 +118,19 @@ def test_adapter_config_and_fingerprint_come_back_as_artifacts(finished_trial, m
     results = json.loads(Path(client.download_artifacts(tracker.run_id, "eval/results.json",
                                                         str(tmp_path))).read_text())
     assert "perplexity_offline" in results["results"]
+    # per-item records of both evaluations, for item-level statistics in reports
+    from qsweep.evaluation.items import ItemRecords
+
+    for where, step in (("eval", cfg.train.max_steps), ("eval/baseline", 0)):
+        items = ItemRecords.read(Path(client.download_artifacts(tracker.run_id, f"{where}/items.json.gz",
+                                                                str(tmp_path / where))))
+        questions = items.for_metric("eval/mmlu_offline/acc")
+        history = client.get_metric_history(tracker.run_id, "eval/mmlu_offline/acc")
+        logged = [m.value for m in history if m.step == step]
+        if logged:  # the baseline evaluates perplexity only unless told otherwise
+            assert sum(questions.values) / len(questions.values) == pytest.approx(logged[-1])
+        documents = items.for_metric("eval/perplexity_offline/word_perplexity")
+        assert documents is not None and len(documents.ids) >= 1
 
 
 def test_phase_timings_are_recorded_in_mlflow_and_result_json(finished_trial, mlflow_server) -> None:
