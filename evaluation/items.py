@@ -4,7 +4,7 @@ For every multiple-choice question (MMLU and the like): its task, lm-eval's docu
 content hash, whether the model answered it correctly, the chosen and the true answer. For
 every perplexity document: its task, index and hash, the summed log-likelihood and its word and
 byte counts. Stored column by column as gzipped JSON (``items.json.gz``, about 100 KB for the
-full 13,757 offline MMLU questions), beside ``results.json`` in each evaluation's artifacts, so
+full 13,752 offline MMLU questions), beside ``results.json`` in each evaluation's artifacts, so
 that a report reads them back from MLflow wherever the sweep ran::
 
     records = ItemRecords.from_samples(samples)   # lm-eval's logged samples, per task

@@ -2,7 +2,10 @@
 
 ``mmlu_offline``: each subject's questions are split once, by a fixed seed, into 5 few-shot
 ("dev") questions and the evaluated ("test") rest — so few-shot examples are never themselves
-evaluated, whatever subset a run samples. 57 x 5 = 285 questions are dev; 13,757 are test.
+evaluated, whatever subset a run samples. 57 x 5 = 285 questions are dev; 13,752 are test.
+Five more questions repeat the text of a dev question of their subject (two word for word,
+answers included: college physics' helium question, machine learning's Gaussian Bayes
+classifier question); a 5-shot prompt would show them their own answer, so they are left out.
 
 ``perplexity_offline``: the text of 10 test questions from each subject that no offline
 training set uses (the subjects outside ``qsweep.trainers.mmlu.TRAIN_SUBJECTS``): 530 documents.
@@ -40,13 +43,22 @@ def mmlu_split(subject: str) -> tuple[list[mmlu.MMLUQuestion], list[mmlu.MMLUQue
     """(dev, test) questions of ``subject`` (lm-eval spelling, e.g. ``high_school_physics``).
 
     Dev holds 5 questions drawn with a fixed seed, in drawn order (the few-shot order);
-    test holds the others in file order.
+    test holds the others in file order, less those whose question text (normalized: case and
+    whitespace) is that of a dev question: MMLU repeats a few questions, and a 5-shot prompt
+    would show such a question its own answer.
     """
     questions = questions_by_subject()[subject]
     drawn = random.Random(f"{SPLIT_SEED}:{subject}").sample(range(len(questions)),
                                                              OFFLINE_DEV_PER_SUBJECT)
     held = set(drawn)
-    return [questions[i] for i in drawn], [q for i, q in enumerate(questions) if i not in held]
+    shown = {normalized(questions[i].question) for i in drawn}
+    return [questions[i] for i in drawn], [q for i, q in enumerate(questions)
+                                           if i not in held and normalized(q.question) not in shown]
+
+
+def normalized(text: str) -> str:
+    """Question text compared case- and whitespace-insensitively."""
+    return " ".join(text.lower().split())
 
 
 def training_free_subjects() -> list[str]:

@@ -50,6 +50,8 @@ class Comparison:
     difference: Estimate
     p_value: float
     test: str
+    note: str = ""
+    """What else the comparison can say (for accuracies: the difference it could resolve)."""
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> Estimate:
@@ -168,28 +170,47 @@ def paired_item_comparison(a: np.ndarray, b: np.ndarray, weights: np.ndarray | N
                            kind: str = ACCURACY, *, confidence: float = 0.95, n_resamples: int = 1999,
                            seed: int = 0) -> Comparison:
     """Row A against row B over the same items and seeds (``a``, ``b``: (seeds, items), the
-    same order): the difference of their statistics, a paired two-level bootstrap interval
-    (the same draws for both rows), and a permutation p-value that swaps A and B within each
-    (seed, item) pair (scipy's ``permutation_test``, exact when there are few pairs)."""
+    same order).
+
+    Accuracy: the difference A - B. Perplexity: the ratio A / B of the corpus perplexities
+    (a difference of perplexities scales with the corpus's level, which resampling documents
+    moves). The interval is a paired two-level bootstrap (the same draws for both rows); the
+    p-value that of a permutation test that swaps A and B on whole items, on every seed at
+    once (scipy's ``permutation_test``, exact when there are few items): an item's seeds are
+    not independent of each other — at step 0 they are the same model.
+    """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"paired items differ in shape: {a.shape} and {b.shape}")
     w = None if weights is None else np.asarray(weights, dtype=float)
-    shape = a.shape
-    difference = float(_statistic(a, w, kind) - _statistic(b, w, kind))
+    items = a.shape[1]
+
+    def between(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return x / y if kind == PERPLEXITY else x - y
+
+    def contrast(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        return between(_statistic(first, w, kind), _statistic(second, w, kind))
+
+    observed = float(contrast(a, b))
     draws = min(n_resamples, 4000)
-    spread = (item_replicates(a, w, kind, n_resamples=draws, seed=seed)
-              - item_replicates(b, w, kind, n_resamples=draws, seed=seed))
+    spread = between(item_replicates(a, w, kind, n_resamples=draws, seed=seed),
+                     item_replicates(b, w, kind, n_resamples=draws, seed=seed))
     tail = (1 - confidence) / 2
     low, high = np.quantile(spread, [tail, 1 - tail])
+    both = np.concatenate([a, b], axis=1)  # item i of A at column i, of B at column items + i
 
-    def statistic(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-        x = np.moveaxis(x, axis, -1).reshape(*x.shape[:axis % x.ndim], *shape)
-        y = np.moveaxis(y, axis, -1).reshape(*y.shape[:axis % y.ndim], *shape)
-        return _statistic(x, w, kind) - _statistic(y, w, kind)
+    def statistic(first: np.ndarray, second: np.ndarray, axis: int = -1) -> np.ndarray:
+        # scipy swaps first[..., i] and second[..., i]: whole items, every seed with them
+        ia, ib = first.astype(int), second.astype(int)  # (batch..., items)
+        picked_a = np.moveaxis(both[:, ia], 0, -2)  # (batch..., seeds, items)
+        picked_b = np.moveaxis(both[:, ib], 0, -2)
+        return np.log(contrast(picked_a, picked_b)) if kind == PERPLEXITY else contrast(picked_a, picked_b)
 
-    permuted = stats.permutation_test((a.ravel(), b.ravel()), statistic, permutation_type="samples",
-                                      vectorized=True, n_resamples=n_resamples, batch=200, rng=seed)
-    return Comparison(Estimate(difference, float(low), float(high), int(a.size), confidence),
-                      float(permuted.pvalue), f"paired permutation test over (seed, item) pairs; "
+    indices = (np.arange(items, dtype=float), np.arange(items, 2 * items, dtype=float))
+    permuted = stats.permutation_test(indices, statistic, permutation_type="samples", vectorized=True,
+                                      n_resamples=n_resamples, batch=200, rng=seed)
+    what = "ratio of corpus perplexities" if kind == PERPLEXITY else "difference"
+    return Comparison(Estimate(observed, float(low), float(high), int(a.size), confidence),
+                      float(permuted.pvalue), f"{what} over {items} items x {a.shape[0]} seeds; paired "
+                                              f"permutation test over items (every seed swapped together); "
                                               f"interval: {ITEM_METHOD}")

@@ -13,8 +13,11 @@ reported with its key path before any model loads. Example::
 
 from __future__ import annotations
 
+import contextlib
 import re
 import string
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -160,6 +163,22 @@ class LoraConfig(ConfigSection):
         raise ValueError(f"must be a preset ({presets}) or a list of module names, got {value!r}")
 
 
+MISSING_FILES: ContextVar[list[str] | None] = ContextVar("qsweep_missing_files", default=None)
+"""Set by :func:`tolerating_missing_files`: local data files found missing while validating."""
+
+
+@contextlib.contextmanager
+def tolerating_missing_files() -> Iterator[list[str]]:
+    """Within the block, a ``data.path`` that does not exist is collected in the yielded list
+    instead of failing validation (``qsweep plan`` shows such a plan with a warning)."""
+    missing: list[str] = []
+    token = MISSING_FILES.set(missing)
+    try:
+        yield missing
+    finally:
+        MISSING_FILES.reset(token)
+
+
 class TrainConfig(ConfigSection):
     """The optimization loop."""
 
@@ -294,7 +313,10 @@ class DataConfig(ConfigSection):
         if path is None:
             return None
         if not path.expanduser().is_file():
-            raise ValueError(f"file {str(path)!r} does not exist")
+            missing = MISSING_FILES.get()
+            if missing is None:
+                raise ValueError(f"file {str(path)!r} does not exist")
+            missing.append(str(path))  # qsweep plan: shown with a warning; run refuses it
         if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
             raise ValueError(f"must be a .jsonl, .json or .csv file, got {path.name!r}")
         return path
@@ -314,7 +336,7 @@ class DataConfig(ConfigSection):
             raise ConfigProblems([("name", "give a recipe name or data.path (a local JSONL/CSV file)")])
         if recipe is not None and recipe.needs_path and self.path is None:
             raise ConfigProblems([("path", f"recipe {self.name!r} reads a local file: {recipe.path_hint}")])
-        if recipe is not None and not recipe.needs_path and self.path is not None:
+        if recipe is not None and not (recipe.needs_path or recipe.takes_path) and self.path is not None:
             raise ConfigProblems([("path", f"recipe {self.name!r} does not read a local file")])
         return self
 

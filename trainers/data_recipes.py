@@ -53,6 +53,8 @@ class Recipe:
     default_template: str = "plain"
     needs_path: bool = False
     path_hint: str = ""
+    takes_path: bool = False
+    """Reads ``data.path`` when given, else its hub source."""
 
 
 def _hub_rows(dataset_id: str, split: str, **kwargs: Any) -> list[Record]:
@@ -96,13 +98,21 @@ def _chip2(cfg: DataConfig) -> list[Record]:
     return records
 
 
+FLAN_HUB = "Muennighoff/flan"
+"""The FLAN collection on the hub as inputs/targets rows (the one LitGPT's FLAN data module reads)."""
+
+
 def _flan_v2(cfg: DataConfig) -> list[Record]:
-    assert cfg.path is not None  # enforced by the schema
-    rows = read_local_file(cfg.path)
+    if cfg.path is None:
+        rows = _hub_rows(FLAN_HUB, cfg.split)
+        source = FLAN_HUB
+    else:
+        rows = read_local_file(cfg.path)
+        source = str(cfg.path)
     missing = [i for i, r in enumerate(rows) if "inputs" not in r or "targets" not in r]
     if missing:
         raise DataError(f"data.path: FLAN v2 rows need 'inputs' and 'targets' fields; row "
-                        f"{missing[0] + 1} of {cfg.path} lacks them")
+                        f"{missing[0] + 1} of {source} lacks them")
     return [{**r, "prompt": r["inputs"], "response": r["targets"]} for r in rows]
 
 
@@ -149,10 +159,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe("self-instruct", "yizhongw/self_instruct", _self_instruct),
         Recipe("longform", "akoksal/LongForm", _longform),
         Recipe("chip2", "laion/OIG unified_chip2", _chip2),
-        Recipe("flan_v2", "FLAN v2 from a local JSONL with inputs/targets fields", _flan_v2,
-               needs_path=True,
-               path_hint="export the FLAN v2 collection to JSONL rows with 'inputs' and "
-                         "'targets' fields and set data.path to it"),
+        Recipe("flan_v2", f"FLAN v2: {FLAN_HUB} from the hub, or data.path, a local JSONL with "
+               "inputs/targets fields", _flan_v2, takes_path=True),
         Recipe("mmlu-heldout", "offline: MMLU questions of the 4 subjects held out from "
                "evaluation, in lm-eval's prompt format", _mmlu_heldout),
     )

@@ -10,6 +10,7 @@ from qsweep.trainers.metrics import StepMetrics, TrainResult
 from qsweep.trainers.phases import LABELS, PHASES, SHORT_LABELS
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -307,7 +308,7 @@ class SweepProgress:
 
 
 def report_title(table: Any) -> str:
-    return f"[bold]{table.title}[/] — {table.metric}, mean ± 95% CI over seeds"
+    return f"[bold]{escape(table.title)}[/] — {escape(table.metric)}; {escape(table.method())}"
 
 
 def report_table(table: Any) -> Table:
@@ -315,8 +316,9 @@ def report_table(table: Any) -> Table:
 
     Its title: :func:`report_title`."""
     out = Table()
-    out.add_column(table.row_axis, style="bold")
-    for column in [*table.columns, *(["Mean"] if table.has_mean else [])]:
+    row_axis, *columns = table.header()
+    out.add_column(row_axis, style="bold")
+    for column in columns:
         out.add_column(column, justify="right")
     for row in table.rows:
         out.add_row(row, *(table.value(row, c) for c in table.columns),

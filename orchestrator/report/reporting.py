@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,7 @@ def _items(client: Any, run_id: str, metrics: list[str]) -> dict[str, ItemScores
 
 
 def _download_items(client: Any, run_id: str, path: str) -> ItemRecords | None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file otherwise
     with tempfile.TemporaryDirectory() as directory:
         try:
             local = client.download_artifacts(run_id, path, directory)
@@ -130,6 +132,26 @@ def make_table(records: SweepRecords, layout: Layout) -> Table:
     return build_table(records.trials, rows=layout.rows, columns=layout.columns, metric=layout.metric,
                        seeds=records.seeds, title=layout.title or layout.metric, scale=layout.scale,
                        row_order=records.axes[layout.rows])
+
+
+def discordance_of(records: SweepRecords, metric: str) -> float | None:
+    """Mean share of shared items that two trials of the same seed answered differently, over
+    every such pair of trials (the pilot figure of ``qsweep plan --pilot``)."""
+    from itertools import combinations
+
+    from qsweep.evaluation.power import discordance
+
+    by_seed: dict[int, list[ItemScores]] = {}
+    for trial in records.trials:
+        if metric in trial.items:
+            by_seed.setdefault(trial.seed, []).append(trial.items[metric])
+    shares = []
+    for scores in by_seed.values():
+        for first, second in combinations(scores, 2):
+            aligned = aligned_items([first, second])
+            if aligned is not None:
+                shares.append(discordance([aligned[0][0]], [aligned[0][1]]))
+    return sum(shares) / len(shares) if shares else None
 
 
 def compare_rows(records: SweepRecords, layout: Layout) -> list[Comparison]:
@@ -166,7 +188,20 @@ def _item_comparison(first: list[ReportedTrial], second: list[ReportedTrial],
     if aligned is None:
         return None
     rows, weights, kind = aligned
-    return paired_item_comparison(rows[:len(first)], rows[len(first):], weights, kind)
+    a, b = rows[:len(first)], rows[len(first):]
+    comparison = paired_item_comparison(a, b, weights, kind)
+    if kind != "accuracy":
+        return comparison
+    from dataclasses import replace
+
+    from qsweep.evaluation.power import discordance, minimum_detectable_difference
+
+    share = discordance(a, b)
+    if share == 0:
+        return replace(comparison, note="the two rows answered every question alike")
+    resolution = minimum_detectable_difference(len(a[0]), len(a), share, measured=True)
+    return replace(comparison, note="resolution: " + resolution.describe("a difference").replace(
+        "measured on the pilot", "measured here"))
 
 
 def describe_comparison(layout: Layout, comparisons: list[Comparison]) -> str:
@@ -179,10 +214,15 @@ def describe_comparison(layout: Layout, comparisons: list[Comparison]) -> str:
     for comparison in comparisons:
         d = comparison.difference
         p_value = f", p = {comparison.p_value:.3g}" if math.isfinite(comparison.p_value) else ""
-        if comparison.test.startswith("paired permutation"):
+        if comparison.test.startswith("ratio"):
+            lines.append(f"{first} / {second}: {d.mean:.4f} [95% interval {d.low:.4f}, {d.high:.4f}]; "
+                         f"{comparison.test}{p_value}")
+        elif comparison.test.startswith("difference"):
             lines.append(f"{first} - {second}: {d.mean * layout.scale:.3f} [95% interval "
-                         f"{d.low * layout.scale:.3f}, {d.high * layout.scale:.3f}] over {d.n} paired "
-                         f"item results; {comparison.test}{p_value}")
+                         f"{d.low * layout.scale:.3f}, {d.high * layout.scale:.3f}]; "
+                         f"{comparison.test}{p_value}")
+            if comparison.note:
+                lines.append(comparison.note)
         else:
             lines.append(f"{first} - {second}: {d.format(layout.scale, 3)} over {d.n} paired (column, seed) "
                          f"results; {comparison.test}{p_value}")
@@ -190,33 +230,41 @@ def describe_comparison(layout: Layout, comparisons: list[Comparison]) -> str:
 
 
 def plot(table: Table, path: Path) -> Path:
-    """The metric per row with 95% CI bars, one series per column."""
+    """The metric per row as dots with their 95% intervals (whiskers), one series per column;
+    the axes hold every interval (accuracies stay within 0-100%)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(max(4.0, 1.2 * len(table.rows) + 2), 3.6))
-    width = 0.8 / max(1, len(table.columns))
+    width = 0.6 / max(1, len(table.columns))
+    ends: list[float] = []
     for j, column in enumerate(table.columns):
-        xs, ys, errors = [], [], []
+        xs, ys, below, above = [], [], [], []
         for i, row in enumerate(table.rows):
             cell = table.cells.get((row, column))
             if cell is None or cell.estimate.n == 0:
                 continue
+            e = cell.estimate
+            mean = e.mean * table.scale
+            low, high = (mean, mean) if math.isnan(e.low) else (e.low * table.scale, e.high * table.scale)
             xs.append(i + (j - (len(table.columns) - 1) / 2) * width)
-            ys.append(cell.estimate.mean * table.scale)
-            half = cell.estimate.half_width
-            errors.append(0.0 if math.isnan(half) else half * table.scale)
-        axis.bar(xs, ys, width=width, yerr=errors, capsize=3, label=column)
+            ys.append(mean)
+            below.append(mean - low)
+            above.append(high - mean)
+            ends += [low, high]
+        axis.errorbar(xs, ys, yerr=[below, above], fmt="o", capsize=4, label=table.column_header(column))
     axis.set_xticks(range(len(table.rows)), table.rows)
     axis.set_xlabel(table.row_axis)
     axis.set_ylabel(table.metric)
-    axis.set_title(table.title, fontsize=9)
-    values = [c.estimate.mean * table.scale for c in table.cells.values() if c.estimate.n]
-    if values:
-        spread = max(values) - min(values) or abs(max(values)) * 0.1 or 1.0
-        axis.set_ylim(min(values) - spread, max(values) + spread)
+    axis.set_title(f"{table.title}\n(dots: means; whiskers: 95% intervals)", fontsize=9)
+    if ends:
+        margin = (max(ends) - min(ends)) * 0.08 or abs(max(ends)) * 0.05 or 1.0
+        bottom, top = min(ends) - margin, max(ends) + margin
+        if table.scale == 100 and table.metric.endswith("acc"):  # a percentage: never past 0 or 100
+            bottom, top = max(bottom, 0.0), min(top, 100.0)
+        axis.set_ylim(bottom, top)
     if len(table.columns) > 1:
         axis.legend(fontsize=7)
     figure.tight_layout()
@@ -250,7 +298,7 @@ def plot_against_memory(records: SweepRecords, layout: Layout, path: Path) -> Pa
         y_error = 0 if math.isnan(y.half_width) else y.half_width
         x_error = 0 if math.isnan(x.half_width) else x.half_width
         axis.errorbar([x.mean], [y.mean], yerr=[[y_error]], xerr=[[x_error]], fmt="o", capsize=3, label=label)
-    axis.set_xlabel("peak training memory (GiB)")
+    axis.set_xlabel("peak training memory, GiB (GPU: CUDA's peak allocation; CPU: process RSS)")
     axis.set_ylabel(layout.metric)
     axis.legend(fontsize=7)
     figure.tight_layout()

@@ -105,6 +105,21 @@ class Table:
         """A Mean column only says something with several columns."""
         return len(self.columns) > 1
 
+    def header(self) -> list[str]:
+        """The row axis, the columns (a table without column axes: its metric), Mean. A
+        ``dataset`` axis is the training set, and says so: the table's metric names the
+        evaluation (``7B / trained on alpaca`` under ``eval/mmlu/acc``)."""
+        columns = ([self.column_header(column) for column in self.columns] if self.column_axes
+                   else [self.metric])
+        return [self.row_axis, *columns, *(["Mean"] if self.has_mean else [])]
+
+    def column_header(self, column: str) -> str:
+        parts = column.split(" / ")
+        if "dataset" not in self.column_axes or len(parts) != len(self.column_axes):
+            return column
+        return " / ".join(f"trained on {part}" if axis == "dataset" else part
+                          for axis, part in zip(self.column_axes, parts, strict=True))
+
     def value(self, row: str, column: str) -> str:
         cell = self.cells.get((row, column))
         if cell is None or cell.estimate.n == 0:
@@ -223,10 +238,6 @@ def _cell(by_seed: dict[int, float], items: dict[int, list[ItemScores]], expecte
     return TableCell(t_interval([by_seed[s] for s in ordered]), expected, lost, seeds=len(ordered))
 
 
-def _header(table: Table) -> list[str]:
-    return [table.row_axis, *table.columns, *(["Mean"] if table.has_mean else [])]
-
-
 def _body(table: Table) -> list[list[str]]:
     rows = []
     for row in table.rows:
@@ -237,8 +248,8 @@ def _body(table: Table) -> list[list[str]]:
 
 def to_markdown(table: Table) -> str:
     lines = [f"**{table.title}** ({table.metric}; {table.method()})", "",
-             "| " + " | ".join(_header(table)) + " |",
-             "|" + "---|" * len(_header(table))]
+             "| " + " | ".join(table.header()) + " |",
+             "|" + "---|" * len(table.header())]
     lines += ["| " + " | ".join(row) + " |" for row in _body(table)]
     notes = table.footnotes()
     if notes:
@@ -255,7 +266,7 @@ def _latex_escape(text: str) -> str:
 
 def to_latex(table: Table) -> str:
     """A booktabs table (needs ``\\usepackage{booktabs}``)."""
-    header = _header(table)
+    header = table.header()
     lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
              r"\toprule", " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
     lines += [" & ".join(_latex_escape(v) for v in row) + r" \\" for row in _body(table)]

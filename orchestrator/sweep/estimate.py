@@ -19,9 +19,10 @@ MMLU_QUESTIONS_PER_S_8B = 7.08
 """Measured: 5-shot MMLU prompts, 8B-shaped NF4 model, one H100 (bench/README.md)."""
 PARAMS_8B = 8.03e9
 LOAD_SECONDS = 120.0
-TASK_DOCUMENTS = {"mmlu": 14042, "mmlu_offline": 13757, "hellaswag": 10042, "winogrande": 1267,
+TASK_DOCUMENTS = {"mmlu": 14042, "mmlu_offline": 13752, "hellaswag": 10042, "winogrande": 1267,
                   "piqa": 1838, "arc_easy": 2376, "arc_challenge": 1172, "perplexity_offline": 1000}
-"""Documents per task (mmlu_offline: the 14,042 questions less 5 few-shot examples per subject)."""
+"""Documents per task (mmlu_offline: the 14,042 questions less 5 few-shot examples per subject and
+the 5 that repeat one of them)."""
 SUBJECTS = {"mmlu": 57, "mmlu_offline": 57}
 
 
@@ -44,6 +45,22 @@ def eval_documents(config: TrialConfig) -> int:
         per = SUBJECTS.get(task)
         documents += min(full, limit * per) if (limit and per) else min(full, limit or full)
     return documents * (2 if config.eval.baseline else 1)
+
+
+def mmlu_questions(config: TrialConfig) -> int:
+    """MMLU questions one evaluation of the trained model asks (0 without an MMLU task): with a
+    per-subject limit, that many per subject it evaluates (those it trained on left out)."""
+    from qsweep.trainers.mmlu import TRAIN_SUBJECTS
+
+    trained_on = len(TRAIN_SUBJECTS) if config.data.name == "mmlu-heldout" else 0
+    questions = 0
+    for task in config.eval.tasks:
+        if task in SUBJECTS:
+            limit = config.eval.limit_for(task)
+            subjects = SUBJECTS[task] - trained_on
+            full = TASK_DOCUMENTS[task] * subjects // SUBJECTS[task]
+            questions += min(full, limit * subjects) if limit else full
+    return questions
 
 
 def estimate_trial(config: TrialConfig, shape: ModelShape) -> TrialEstimate:

@@ -77,13 +77,13 @@ def test_one_seed_still_gets_a_question_level_interval() -> None:
     assert estimate.half_width == pytest.approx(1.96 * math.sqrt(0.34 * 0.66 / 100), rel=0.25)
 
 
-def test_the_permutation_p_value_is_the_exact_one_for_few_pairs() -> None:
-    a = np.array([[1, 1, 0, 1, 1], [1, 0, 1, 1, 1.0]])
-    b = np.array([[0, 1, 0, 0, 1], [0, 0, 1, 0, 1.0]])
+def test_the_permutation_p_value_is_the_exact_one_over_whole_items() -> None:
+    a = np.array([[1, 1, 0, 1, 1, 1], [1, 0, 1, 1, 1, 1.0]])
+    b = np.array([[0, 1, 0, 0, 1, 0], [0, 0, 1, 0, 1, 1.0]])
     comparison = paired_item_comparison(a, b, n_resamples=5000)
     observed = (a - b).mean()
-    d = (a - b).ravel()
-    flips = [np.mean(np.array(signs) * d) for signs in itertools.product([1, -1], repeat=d.size)]
+    d = a - b  # (seeds, items): an item's seeds are swapped together
+    flips = [np.mean(np.array(signs)[None, :] * d) for signs in itertools.product([1, -1], repeat=d.shape[1])]
     exact = np.mean([abs(f) >= abs(observed) - 1e-12 for f in flips])
     assert comparison.difference.mean == pytest.approx(observed)
     assert comparison.p_value == pytest.approx(exact)
@@ -97,18 +97,30 @@ def test_a_perplexity_comparison_swaps_whole_documents() -> None:
     comparison = paired_item_comparison(a, b, words, PERPLEXITY, n_resamples=5000)
     total = words.sum()
 
-    def ppl_difference(x: np.ndarray, y: np.ndarray) -> float:
-        return math.exp(-x.sum() / total) - math.exp(-y.sum() / total)
+    def log_ratio(x: np.ndarray, y: np.ndarray) -> float:
+        return (-x.sum() / total) - (-y.sum() / total)
 
-    observed = ppl_difference(a, b)
+    observed = log_ratio(a, b)
     swaps = []
     for mask in itertools.product([False, True], repeat=6):
         m = np.array(mask)[None, :]
-        swaps.append(ppl_difference(np.where(m, b, a), np.where(m, a, b)))
+        swaps.append(log_ratio(np.where(m, b, a), np.where(m, a, b)))
     exact = np.mean([abs(s) >= abs(observed) - 1e-12 for s in swaps])
-    assert comparison.difference.mean == pytest.approx(observed)
+    assert comparison.difference.mean == pytest.approx(math.exp(observed))  # the ratio A / B
     assert comparison.p_value == pytest.approx(exact)
-    assert comparison.difference.high < 0  # A's perplexity is lower: resolved
+    assert comparison.difference.high < 1  # A's perplexity is lower: resolved
+
+
+def test_identical_seeds_count_once() -> None:
+    """At step 0 every seed is the same model: two copies of the seeds must not halve p."""
+    rng = np.random.default_rng(4)
+    a = (rng.random((1, 300)) < 0.55).astype(float)
+    b = a.copy()
+    b[0, :30] = 0
+    once = paired_item_comparison(a, b)
+    twice = paired_item_comparison(np.vstack([a, a]), np.vstack([b, b]))
+    assert twice.p_value == pytest.approx(once.p_value)
+    assert twice.difference.mean == pytest.approx(once.difference.mean)
 
 
 def test_a_difference_of_one_point_is_resolved_with_enough_questions() -> None:

@@ -70,7 +70,7 @@ def test_table4_from_mlflow_is_exact_and_logged_on_the_parent(sweep_store: str, 
 **Table 4: MMLU accuracy after fine-tuning (%)** (eval/mmlu/acc; mean ± half the 95% t-interval over seeds, \
 n = 2-3 seeds; Mean: over columns per seed, then a t-interval over seeds)
 
-| data_type | 7B / alpaca | 7B / flan | Mean |
+| data_type | 7B / trained on alpaca | 7B / trained on flan | Mean |
 |---|---|---|---|
 | NF4+DQ | 39.23 ± 2.17 | 44.50 ± 1.24 | 41.87 ± 1.70 |
 | FP4 | 37.60 ± 5.08† | 44.00 ± 0.99 | — |
@@ -96,7 +96,7 @@ def test_table2_takes_the_step_0_values(sweep_store: str, tmp_path: Path) -> Non
     assert report(sweep_store, tmp_path, "--preset", "table2", "--no-log") == 0
     lines = (tmp_path / "reports" / "golden" / "table2.md").read_text().splitlines()
     # Step 0 (not the final 5.64), averaged over the datasets per seed; FP4's seed 2 lost one.
-    assert lines[2:6] == ["| data_type | all |", "|---|---|", "| NF4+DQ | 6.64 ± 0.02 |",
+    assert lines[2:6] == ["| data_type | eval/perplexity@0 |", "|---|---|", "| NF4+DQ | 6.64 ± 0.02 |",
                           "| FP4 | 6.99 ± 0.04† |"]
     assert lines[7] == "† FP4 / all: n=3 of 3 seeds, 1 failed"
 
@@ -178,8 +178,8 @@ def test_item_level_intervals_and_comparison_from_mlflow(item_store: str, tmp_pa
     compared = paired_item_comparison(nf4, fp4)
     d = compared.difference
     assert (f"NF4 - FP4: {d.mean * 100:.3f} [95% interval {d.low * 100:.3f}, "
-            f"{d.high * 100:.3f}] over {2 * QUESTIONS} paired item results; "
-            f"paired permutation test") in markdown
+            f"{d.high * 100:.3f}]; difference over {QUESTIONS} items x 2 seeds; paired permutation test "
+            "over items") in markdown
     assert compared.p_value < 0.01 and f"p = {compared.p_value:.3g}" in markdown
     assert "paired t-test" not in markdown  # 2 seeds: no seed-level test line
 
@@ -188,6 +188,29 @@ def test_item_level_intervals_and_comparison_from_mlflow(item_store: str, tmp_pa
     ll = {t: np.array([item_scores(t, s)[1] for s in (0, 1)]) for t in ("NF4", "FP4")}
     ppl = (out / "ppl.md").read_text()
     compared = paired_item_comparison(ll["NF4"], ll["FP4"], words, PERPLEXITY)
-    assert compared.difference.high < 0 and f"p = {compared.p_value:.3g}" in ppl
+    d = compared.difference
+    assert d.high < 1 and compared.p_value < 0.01  # NF4's perplexity is lower: resolved
+    assert (f"NF4 / FP4: {d.mean:.4f} [95% interval {d.low:.4f}, {d.high:.4f}]; ratio of corpus perplexities "
+            f"over {DOCUMENTS} items x 2 seeds; paired permutation test over items") in ppl
+    assert f"p = {compared.p_value:.3g}" in ppl
     cell = item_interval(ll["FP4"], words, PERPLEXITY)
     assert f"| FP4 | {cell.mean:.2f} [{cell.low:.2f}, {cell.high:.2f}] |" in ppl
+
+
+def test_plan_states_the_resolvable_difference_assumed_or_from_a_pilot(item_store: str, tmp_path: Path,
+                                                                        capsys) -> None:
+    from qsweep.evaluation.power import ASSUMED_DISCORDANCE, discordance, minimum_detectable_difference
+
+    assert main(["plan", "demo"]) == 0
+    assumed = minimum_detectable_difference(53, 2, ASSUMED_DISCORDANCE)  # 53 subjects x 1 question
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"resolution: detects an MMLU difference of {assumed.difference * 100:.1f} points or more" in out
+    assert "53 questions x 2 seeds" in out and "assumed" in out
+
+    assert main(["plan", "demo", "trial.eval.tasks=[mmlu,perplexity_offline]", "--pilot", "itemized",
+                 "--tracking-uri", item_store, "--experiment", "items", "--root", str(tmp_path)]) == 0
+    share = np.mean([discordance([item_scores("NF4", s)[0]], [item_scores("FP4", s)[0]]) for s in (0, 1)])
+    measured = minimum_detectable_difference(53, 2, share)  # the demo asks 1 question per subject
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"detects an MMLU difference of {measured.difference * 100:.1f} points or more" in out
+    assert f"{share * 100:.0f}% of answers differing between rows, measured on the pilot" in out

@@ -107,9 +107,15 @@ def test_unknown_presets_and_names(tmp_path: Path, valid: dict) -> None:
     assert problems["data.template"].startswith("unknown template 'fancy'")
 
 
-def test_recipe_that_reads_a_file_needs_one(tmp_path: Path, valid: dict) -> None:
-    valid["data"] = {"name": "flan_v2"}
-    assert problems_of(tmp_path, valid)["data.path"].startswith("recipe 'flan_v2' reads a local file")
+def test_a_hub_recipe_refuses_a_local_file_and_flan_v2_takes_either(tmp_path: Path, valid: dict) -> None:
+    local = tmp_path / "rows.jsonl"
+    local.write_text('{"inputs": "q", "targets": "a"}\n')
+    valid["data"] = {"name": "alpaca", "path": str(local)}
+    assert problems_of(tmp_path, valid)["data.path"] == "recipe 'alpaca' does not read a local file"
+    valid["data"] = {"name": "flan_v2"}  # the hub's FLAN collection
+    assert load_config(write(tmp_path, valid)).data.path is None
+    valid["data"] = {"name": "flan_v2", "path": str(local)}
+    assert load_config(write(tmp_path, valid)).data.path == local
 
 
 def test_all_problems_are_reported_at_once(tmp_path: Path, valid: dict) -> None:
