@@ -6,9 +6,14 @@ every number in a qsweep report carries its spread:
 * :func:`t_interval` — mean of a cell's seeds with a Student-t confidence interval;
 * :func:`paired_t_test` — two rows compared over the same (cell, seed) pairs;
 * :func:`paired_permutation_test` — two models compared over the same questions (0/1 scores),
-  with a sign-flip permutation p-value and a bootstrap interval on the difference.
+  with a sign-flip permutation p-value and a bootstrap interval on the difference;
+* :func:`item_interval` — a cell's accuracy or corpus perplexity over its seeds and items
+  (questions, documents), with a two-level bootstrap interval;
+* :func:`paired_item_comparison` — two rows over the same items and seeds: difference (or
+  perplexity ratio), paired bootstrap interval, permutation p-value over whole items.
 
-All computation is scipy's; this module only shapes inputs and results.
+Tests and t-intervals are scipy's; the two-level bootstrap (seeds, then items), which scipy's
+``bootstrap`` does not offer, is a few lines of numpy here.
 """
 
 from __future__ import annotations
