@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qsweep.evaluation.config import subject_task
+from qsweep.evaluation.statistics import ACCURACY, PERPLEXITY
 
 ITEMS_FILE = "items.json.gz"
 PERPLEXITY_METRICS = ("word_perplexity", "byte_perplexity", "bits_per_byte")
@@ -90,10 +91,11 @@ class ItemRecords:
         ``eval/<family>/acc`` (all the family's subjects; ``eval/<family>/subject/<s>/acc`` one),
         ``eval/<task>/acc``, ``eval/<task>/word_perplexity`` (or byte_perplexity), and
         ``eval/perplexity`` (the first perplexity task). None when no item stands behind it."""
+        if metric == "eval/perplexity":
+            tasks = self.documents["task"]
+            return self._documents(tasks[0], "word_perplexity") if tasks else None
         parts = metric.split("/")
         if len(parts) < 3 or parts[0] != "eval":
-            if metric == "eval/perplexity" and self.documents["task"]:
-                return self._documents(self.documents["task"][0], "word_perplexity")
             return None
         name, last = parts[1], parts[-1]
         if last in ("word_perplexity", "byte_perplexity") and len(parts) == 3:
@@ -114,7 +116,7 @@ class ItemRecords:
         if not rows:
             return None
         q = self.questions
-        return ItemScores("accuracy", [f"{q['task'][i]}:{q['doc_id'][i]}" for i in rows],
+        return ItemScores(ACCURACY, [f"{q['task'][i]}:{q['doc_id'][i]}" for i in rows],
                           [float(q["correct"][i]) for i in rows])
 
     def _documents(self, task: str, metric: str) -> ItemScores | None:
@@ -123,7 +125,7 @@ class ItemRecords:
         if not rows:
             return None
         weights = "words" if metric == "word_perplexity" else "bytes"
-        return ItemScores("perplexity", [f"{d['task'][i]}:{d['doc_id'][i]}" for i in rows],
+        return ItemScores(PERPLEXITY, [f"{d['task'][i]}:{d['doc_id'][i]}" for i in rows],
                           [float(d["loglikelihood"][i]) for i in rows], [float(d[weights][i]) for i in rows])
 
 

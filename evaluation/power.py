@@ -36,22 +36,21 @@ class Resolution:
     questions: int
     seeds: int
     discordance: float
-    measured: bool
-    """``discordance`` from a pilot sweep (else assumed)."""
+    source: str
+    """Where ``discordance`` comes from: assumed, measured on the pilot, measured here."""
     alpha: float = 0.05
     power: float = 0.8
 
     def describe(self, what: str = "an MMLU difference") -> str:
-        source = "measured on the pilot" if self.measured else "assumed"
         return (f"detects {what} of {self.difference * 100:.1f} points or more between two rows "
                 f"({(1 - self.alpha) * 100:.0f}% confidence, {self.power * 100:.0f}% power; "
                 f"{self.questions:,} questions x {self.seeds} seeds, paired; {self.discordance * 100:.0f}% "
-                f"of answers differing between rows, {source})")
+                f"of answers differing between rows, {self.source})")
 
 
 def minimum_detectable_difference(questions: int, seeds: int, discordance: float = ASSUMED_DISCORDANCE,
                                   *, alpha: float = 0.05, power: float = 0.8,
-                                  measured: bool = False) -> Resolution:
+                                  source: str = "assumed") -> Resolution:
     """See the module docstring; ``questions`` per trial, ``seeds`` per row."""
     if questions < 1 or seeds < 1:
         raise ValueError(f"need at least one question and one seed, got {questions} and {seeds}")
@@ -59,7 +58,7 @@ def minimum_detectable_difference(questions: int, seeds: int, discordance: float
         raise ValueError(f"discordance must be in (0, 1], got {discordance}")
     z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
     difference = z * math.sqrt(discordance / (questions * seeds))
-    return Resolution(difference, questions, seeds, discordance, measured, alpha, power)
+    return Resolution(difference, questions, seeds, discordance, source, alpha, power)
 
 
 def discordance(first: Sequence[Sequence[float]], second: Sequence[Sequence[float]]) -> float:

@@ -5,8 +5,6 @@ every number in a qsweep report carries its spread:
 
 * :func:`t_interval` — mean of a cell's seeds with a Student-t confidence interval;
 * :func:`paired_t_test` — two rows compared over the same (cell, seed) pairs;
-* :func:`paired_permutation_test` — two models compared over the same questions (0/1 scores),
-  with a sign-flip permutation p-value and a bootstrap interval on the difference;
 * :func:`item_interval` — a cell's accuracy or corpus perplexity over its seeds and items
   (questions, documents), with a two-level bootstrap interval;
 * :func:`paired_item_comparison` — two rows over the same items and seeds: difference (or
@@ -57,6 +55,10 @@ class Comparison:
     test: str
     note: str = ""
     """What else the comparison can say (for accuracies: the difference it could resolve)."""
+    item_level: bool = False
+    """Over items (questions, documents) and seeds; else over (column, seed) results."""
+    ratio: bool = False
+    """``difference`` holds the ratio A / B (perplexities), not A - B."""
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> Estimate:
@@ -87,29 +89,6 @@ def paired_t_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.
     result = stats.ttest_rel(a, b)
     p_value = float(result.pvalue) if math.isfinite(result.pvalue) else 1.0
     return Comparison(estimate, p_value, "paired t-test")
-
-
-def paired_permutation_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,
-                            n_resamples: int = 9999, seed: int = 0) -> Comparison:
-    """Two models on the same questions: sign-flip permutation p-value, bootstrap interval.
-
-    ``a`` and ``b`` are per-question scores (1 correct, 0 wrong) in the same question order.
-    """
-    if len(a) != len(b):
-        raise ValueError(f"paired samples differ in length: {len(a)} and {len(b)}")
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    mean = float((x - y).mean())
-
-    def mean_difference(first: np.ndarray, second: np.ndarray, axis: int = -1) -> np.ndarray:
-        return np.mean(first - second, axis=axis)
-
-    permuted = stats.permutation_test((x, y), mean_difference, permutation_type="samples",
-                                      vectorized=True, n_resamples=n_resamples, rng=seed)
-    interval = stats.bootstrap((x, y), mean_difference, paired=True, vectorized=True,
-                               n_resamples=n_resamples, confidence_level=confidence,
-                               method="percentile", rng=seed).confidence_interval
-    return Comparison(Estimate(mean, float(interval.low), float(interval.high), len(x), confidence),
-                      float(permuted.pvalue), "paired permutation test")
 
 
 # --- item level: questions and documents, and seeds -------------------------------------------
@@ -218,4 +197,5 @@ def paired_item_comparison(a: np.ndarray, b: np.ndarray, weights: np.ndarray | N
     return Comparison(Estimate(observed, float(low), float(high), int(a.size), confidence),
                       float(permuted.pvalue), f"{what} over {items} items x {a.shape[0]} seeds; paired "
                                               f"permutation test over items (every seed swapped together); "
-                                              f"interval: {ITEM_METHOD}")
+                                              f"interval: {ITEM_METHOD}",
+                      item_level=True, ratio=kind == PERPLEXITY)

@@ -18,6 +18,7 @@ use of the model see its usual attention (and a padded batch inside it gets SDPA
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Iterator
 from typing import Any
@@ -101,7 +102,7 @@ def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: torch.Ten
             scaling: float | None) -> torch.Tensor:
     from torch.nn.attention.varlen import varlen_attn
 
-    accepts = inspect.signature(varlen_attn).parameters
+    accepts = _varlen_parameters()
     options: dict[str, Any] = {"scale": scaling}
     if "window_size" in accepts:
         options["window_size"] = (-1, 0)  # causal
@@ -119,6 +120,15 @@ def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: torch.Ten
         q, k, v = q.to(half), k.to(half), v.to(half)
     out = varlen_attn(q, k, v, bounds, bounds, longest, longest, **options)
     return out.to(dtype)
+
+
+@functools.cache
+def _varlen_parameters() -> frozenset[str]:
+    """The keyword arguments this torch's ``varlen_attn`` takes (they differ across 2.10-2.12);
+    read once, not in every layer's attention."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return frozenset(inspect.signature(varlen_attn).parameters)
 
 
 def _each_example(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: torch.Tensor,

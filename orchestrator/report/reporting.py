@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from qsweep.evaluation.items import ITEMS_FILE, ItemRecords, ItemScores
-from qsweep.evaluation.statistics import Comparison, paired_item_comparison, paired_t_test
+from qsweep.evaluation.statistics import ACCURACY, Comparison, paired_item_comparison, paired_t_test
 from qsweep.orchestrator.report.layouts import Layout
 from qsweep.orchestrator.report.tables import (
     ReportedTrial,
@@ -190,7 +190,7 @@ def _item_comparison(first: list[ReportedTrial], second: list[ReportedTrial],
     rows, weights, kind = aligned
     a, b = rows[:len(first)], rows[len(first):]
     comparison = paired_item_comparison(a, b, weights, kind)
-    if kind != "accuracy":
+    if kind != ACCURACY:
         return comparison
     from dataclasses import replace
 
@@ -199,9 +199,8 @@ def _item_comparison(first: list[ReportedTrial], second: list[ReportedTrial],
     share = discordance(a, b)
     if share == 0:
         return replace(comparison, note="the two rows answered every question alike")
-    resolution = minimum_detectable_difference(len(a[0]), len(a), share, measured=True)
-    return replace(comparison, note="resolution: " + resolution.describe("a difference").replace(
-        "measured on the pilot", "measured here"))
+    resolution = minimum_detectable_difference(len(a[0]), len(a), share, source="measured here")
+    return replace(comparison, note="resolution: " + resolution.describe("a difference"))
 
 
 def describe_comparison(layout: Layout, comparisons: list[Comparison]) -> str:
@@ -214,18 +213,18 @@ def describe_comparison(layout: Layout, comparisons: list[Comparison]) -> str:
     for comparison in comparisons:
         d = comparison.difference
         p_value = f", p = {comparison.p_value:.3g}" if math.isfinite(comparison.p_value) else ""
-        if comparison.test.startswith("ratio"):
+        if comparison.ratio:
             lines.append(f"{first} / {second}: {d.mean:.4f} [95% interval {d.low:.4f}, {d.high:.4f}]; "
                          f"{comparison.test}{p_value}")
-        elif comparison.test.startswith("difference"):
+        elif comparison.item_level:
             lines.append(f"{first} - {second}: {d.mean * layout.scale:.3f} [95% interval "
                          f"{d.low * layout.scale:.3f}, {d.high * layout.scale:.3f}]; "
                          f"{comparison.test}{p_value}")
-            if comparison.note:
-                lines.append(comparison.note)
         else:
             lines.append(f"{first} - {second}: {d.format(layout.scale, 3)} over {d.n} paired (column, seed) "
                          f"results; {comparison.test}{p_value}")
+        if comparison.note:
+            lines.append(comparison.note)
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from qsweep.evaluation.statistics import paired_permutation_test, paired_t_test, t_interval
+from qsweep.evaluation.statistics import paired_item_comparison, paired_t_test, t_interval
 from scipy import stats
 
 
@@ -53,10 +53,10 @@ def test_paired_permutation_test_on_questions() -> None:
     truth = rng.random(400)
     a = (truth < 0.62).astype(float)  # model A answers 62% right
     b = (truth < 0.50).astype(float)  # model B, a subset of A's right answers
-    result = paired_permutation_test(a, b, n_resamples=2000)
+    result = paired_item_comparison(a[None, :], b[None, :], n_resamples=2000)  # one seed
     assert result.difference.mean == pytest.approx(a.mean() - b.mean())
     # Every disagreement (about 48 questions) favours A: almost no sign-flip is as extreme.
     assert result.p_value < 0.002
     assert result.difference.low < result.difference.mean < result.difference.high
-    same = paired_permutation_test(a, a, n_resamples=500)
+    same = paired_item_comparison(a[None, :], a[None, :], n_resamples=500)
     assert same.difference.mean == 0 and same.p_value == 1.0

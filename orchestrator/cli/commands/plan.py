@@ -70,7 +70,7 @@ def describe_resolution(plan: Any, args: argparse.Namespace) -> str:
     seeds = len(plan.spec.seeds)
     if args.pilot:
         share = pilot_discordance(args, configs[0])
-        resolution = minimum_detectable_difference(questions, seeds, share, measured=True)
+        resolution = minimum_detectable_difference(questions, seeds, share, source="measured on the pilot")
         return "resolution: " + resolution.describe()
     return "resolution: " + minimum_detectable_difference(questions, seeds).describe()
 
@@ -78,7 +78,7 @@ def describe_resolution(plan: Any, args: argparse.Namespace) -> str:
 def pilot_discordance(args: argparse.Namespace, config: Any) -> float:
     """The share of (seed, question) pairs two rows of the pilot sweep answered differently."""
     from qsweep.orchestrator.adapters.tracking import check_reachable
-    from qsweep.orchestrator.cli.commands.report import _where
+    from qsweep.orchestrator.cli.commands.report import sweep_store
     from qsweep.orchestrator.report.reporting import discordance_of, read_sweep
     from qsweep.orchestrator.sweep.estimate import SUBJECTS
     from qsweep.trainers.errors import ReportError
@@ -87,7 +87,7 @@ def pilot_discordance(args: argparse.Namespace, config: Any) -> float:
     metric = f"eval/{family}/acc"
     where = argparse.Namespace(root=args.root, sweep=args.pilot, tracking_uri=args.tracking_uri,
                                experiment=args.experiment)
-    uri, experiment, _ = _where(where)
+    uri, experiment, _ = sweep_store(where)
     check_reachable(uri)
     share = discordance_of(read_sweep(uri, experiment, args.pilot, [metric]), metric)
     if share is None:

@@ -41,7 +41,7 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def _where(args: argparse.Namespace) -> tuple[str, str, list[Any]]:
+def sweep_store(args: argparse.Namespace) -> tuple[str, str, list[Any]]:
     """(tracking URI, experiment, the spec's report layouts) of the sweep."""
     from qsweep.orchestrator.sweep.sweep_dir import SweepDir
 
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from qsweep.orchestrator.report.layouts import layout_from
     from qsweep.trainers.errors import ReportError
 
-    uri, experiment, spec_reports = _where(args)
+    uri, experiment, spec_reports = sweep_store(args)
     overrides = {key: value for key, value in {
         "rows": args.rows, "metric": args.metric, "scale": args.scale, "name": args.name,
         "columns": args.columns.split(",") if args.columns else None,
