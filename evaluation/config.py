@@ -55,8 +55,9 @@ class EvalConfig(ConfigSection):
     baseline: bool = False
     """Also evaluate the untuned base model (logged as step 0), as in the paper's Table 2."""
     baseline_tasks: list[str] | None = None
-    """Tasks of that step-0 evaluation, a subset of ``tasks``; null: all of ``tasks``. The
-    paper's Table 2 needs only ``[perplexity_offline]`` (or another perplexity task)."""
+    """Tasks of that step-0 evaluation; null: the same as ``tasks``. The paper's Table 2 needs
+    only ``[perplexity_offline]`` (or another perplexity task), which ``tasks`` need not list:
+    a sweep can measure perplexity before the fine-tune and MMLU after it."""
 
     @field_validator("tasks")
     @classmethod
@@ -76,20 +77,27 @@ class EvalConfig(ConfigSection):
         return limits
 
     @model_validator(mode="after")
-    def _check_limited_tasks(self) -> EvalConfig:
-        unknown = sorted(set(self.task_limits) - set(self.tasks))
-        if unknown:
-            raise ConfigProblems([("task_limits", f"{', '.join(unknown)} not in eval.tasks {self.tasks}")])
+    def _check_baseline_tasks(self) -> EvalConfig:
+        if self.baseline_tasks is not None:
+            if not self.baseline_tasks or any(not t.strip() for t in self.baseline_tasks):
+                raise ConfigProblems([("baseline_tasks", f"must name some tasks, got {self.baseline_tasks}")])
+            if len(set(self.baseline_tasks)) != len(self.baseline_tasks):
+                raise ConfigProblems([("baseline_tasks", f"lists a task twice: {self.baseline_tasks}")])
         return self
 
     @model_validator(mode="after")
-    def _check_baseline_tasks(self) -> EvalConfig:
-        if self.baseline_tasks is not None:
-            unknown = [t for t in self.baseline_tasks if t not in self.tasks]
-            if unknown or not self.baseline_tasks:
-                raise ConfigProblems([("baseline_tasks", f"must list some of eval.tasks {self.tasks}, got "
-                                                         f"{self.baseline_tasks}")])
+    def _check_limited_tasks(self) -> EvalConfig:
+        unknown = sorted(set(self.task_limits) - set(self.all_tasks))
+        if unknown:
+            raise ConfigProblems([("task_limits", f"{', '.join(unknown)} not in eval.tasks {self.tasks}"
+                                                  + (f" or eval.baseline_tasks {self.baseline_tasks}"
+                                                     if self.baseline_tasks else ""))])
         return self
+
+    @property
+    def all_tasks(self) -> list[str]:
+        """Every task some evaluation runs: ``tasks``, then the ``baseline_tasks`` they lack."""
+        return self.tasks + [t for t in self.baseline_tasks or [] if t not in self.tasks]
 
     def for_baseline(self) -> EvalConfig:
         """This section as the step-0 evaluation runs it (``baseline_tasks`` only)."""
@@ -114,7 +122,7 @@ class EvalConfig(ConfigSection):
 
     @model_validator(mode="after")
     def _check_fewshot(self) -> EvalConfig:
-        if "mmlu_offline" in self.tasks and (self.num_fewshot or 0) > OFFLINE_DEV_PER_SUBJECT:
+        if "mmlu_offline" in self.all_tasks and (self.num_fewshot or 0) > OFFLINE_DEV_PER_SUBJECT:
             raise ConfigProblems([("num_fewshot", f"mmlu_offline keeps {OFFLINE_DEV_PER_SUBJECT} "
                                                   f"few-shot questions per subject, got {self.num_fewshot}")])
         return self
@@ -128,4 +136,4 @@ class EvalConfig(ConfigSection):
     @property
     def needs_hub(self) -> list[str]:
         """The configured tasks that download their data from the hub."""
-        return [t for t in self.tasks if t not in OFFLINE_TASKS]
+        return [t for t in self.all_tasks if t not in OFFLINE_TASKS]

@@ -103,13 +103,14 @@ def check_tasks(cfg: EvalConfig, manager: Any | None = None) -> None:
     """Raise :class:`SetupError` for task names lm-eval does not know (cheap: no data)."""
     import difflib
 
-    manager = manager or task_manager(cfg.tasks)
+    manager = manager or task_manager(cfg.all_tasks)
     known = set(manager.all_tasks)
-    for task in cfg.tasks:
+    for task in cfg.all_tasks:
         if task not in known:
             close = difflib.get_close_matches(task, sorted(known), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise SetupError("eval.tasks", f"lm-eval has no task or group {task!r}{hint}")
+            where = "eval.tasks" if task in cfg.tasks else "eval.baseline_tasks"
+            raise SetupError(where, f"lm-eval has no task or group {task!r}{hint}")
 
 
 def expand_tasks(tasks: list[str], exclude_subjects: set[str]) -> list[str]:

@@ -1,9 +1,13 @@
 """Ray: the one module of qsweep that imports ray.
 
-Each trial runs as a Ray task that asks for its GPUs and CPUs, in a worker process of its own
-(``max_calls=1``): when the trial ends the process exits and its GPU memory returns to the
-pool. Ray retries a task whose process died (killed, out of host memory, node lost) up to
-``retries`` times; the trial then resumes from its checkpoint. Exceptions inside a trial do
+Each trial runs as a Ray task that asks for its GPUs and CPUs. A trial on GPUs runs in a worker
+process of its own (``max_calls=1``): when the trial ends the process exits and its GPU memory
+returns to the pool. A trial that asks for no GPU runs in a worker process that Ray keeps for
+the next such trial: it has no GPU memory to return, and on a small CPU machine the imports of
+a fresh process (torch, transformers, peft, bitsandbytes, lm-eval, MLflow: about 17 s on 2
+cores) cost more than a short trial's training. Ray retries a task whose process died
+(killed, out of host memory, node lost) up to ``retries`` times; the trial then resumes from
+its checkpoint. Exceptions inside a trial do
 not reach Ray (``qsweep.orchestrator.trial.worker`` turns them into outcomes).
 
 Intermediate values for the pruner travel through a :class:`PruneBroker` actor: the worker's
@@ -79,7 +83,15 @@ def _run(fn: Callable[..., Any], request: Any, broker: Any) -> Any:
     return fn(request, report)
 
 
+def _run_in_kept_process(fn: Callable[..., Any], request: Any, broker: Any) -> Any:
+    return _run(fn, request, broker)
+
+
 _trial_task = ray.remote(max_calls=1)(_run)
+"""A trial on GPUs: a fresh process, which exits after it."""
+_cpu_trial_task = ray.remote(max_calls=0)(_run_in_kept_process)
+"""A trial without GPUs: in a process kept for the next one (a function of its own name,
+since Ray keys a function's ``max_calls`` by its name)."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +157,8 @@ class Cluster:
 
     def submit(self, fn: Callable[..., Any], request: Any, *, gpus: float, cpus: float, retries: int,
                pruning: bool) -> Any:
-        """Start ``fn(request, report)`` in a fresh worker process; a reference to its result."""
+        """Start ``fn(request, report)`` in a worker process (fresh for a trial on GPUs, kept
+        between trials without); a reference to its result."""
         if id(fn) not in self._functions:  # pickled once, not with every trial
             self._functions[id(fn)] = ray.put(fn)
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)}
@@ -153,8 +166,9 @@ class Cluster:
                                    "retry_exceptions": False}
         if env:
             options["runtime_env"] = {"env_vars": env}
-        return _trial_task.options(**options).remote(self._functions[id(fn)], request,
-                                                     self.broker() if pruning else None)
+        task = _trial_task if gpus > 0 else _cpu_trial_task
+        return task.options(**options).remote(self._functions[id(fn)], request,
+                                              self.broker() if pruning else None)
 
     @staticmethod
     def wait(refs: list[Any], timeout: float) -> list[Any]:

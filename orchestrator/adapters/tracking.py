@@ -231,6 +231,24 @@ class MlflowTracker:
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def runs_tagged(self, tag: str, value: str) -> list[str]:
+        """Ids of this run and of its siblings (runs of the same parent) whose ``tag`` is ``value``
+        (qsweep's own hashes and ids: nothing to escape), oldest first."""
+        parent = self.client.get_run(self.run_id).data.tags.get("mlflow.parentRunId")
+        query = f"tags.`{tag}` = '{value}'"
+        if parent:
+            query += f" and tags.`mlflow.parentRunId` = '{parent}'"
+        else:
+            query += f" and attributes.run_id = '{self.run_id}'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000,
+                                       order_by=["attributes.start_time ASC"])
+        return [run.info.run_id for run in runs]
+
+    def download_artifacts(self, run_id: str, path: str, into: Path) -> Path:
+        """``run_id``'s artifacts under ``path`` into the directory ``into``; returns their folder."""
+        into.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(into)))
+
     def finish(self, status: str) -> None:
         """End the run: FINISHED, FAILED or KILLED."""
         self.client.set_terminated(self.run_id, status=status)

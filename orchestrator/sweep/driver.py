@@ -2,8 +2,9 @@
 
 :class:`SweepDriver` keeps up to ``concurrency`` trials on the cluster. For each free slot it
 resumes a trial that an earlier driver left running, or asks the next (cell, seed) study for
-a new trial; it creates the trial's MLflow child run under the sweep's parent run and sends
-the trial to a fresh Ray worker. When a trial ends it tells Optuna and closes the run.
+a new trial (every cell's first seed before any cell's second); it creates the trial's MLflow
+child run under the sweep's parent run and sends the trial to a Ray worker
+(``qsweep.orchestrator.adapters.cluster``). When a trial ends it tells Optuna and closes the run.
 
 Exactly-once rests on three facts, all stored outside the driver: every Optuna trial is
 created RUNNING before its work starts, carries its MLflow run id as a user attribute, and
@@ -91,7 +92,10 @@ class SweepDriver:
         self.backlog: deque[tuple[StudyPlan, TrialRecord]] = deque()
         self.remaining: dict[str, int] = {}
         self.pruning = bool(self.spec.search and self.spec.search.pruner)
-        self._studies = plan.studies()
+        # Every cell's first seed before any cell's second: a cell's later seeds then find its
+        # untuned base evaluated (qsweep.orchestrator.trial.baseline), and a first look at every
+        # cell comes early.
+        self._studies = sorted(plan.studies(), key=lambda study: self.spec.seeds.index(study.seed))
         self._cursor = 0
         self.usage = Usage(compute_gpus=resources.compute_gpus,
                            capacity=concurrency * resources.gpus if resources.gpus else concurrency)

@@ -4,13 +4,16 @@ Evaluation is costed from the measured 5-shot MMLU throughput of the 8B-shaped N
 H100 (``bench/results/eval_throughput_h100_limit10.json``: 7.08 questions/s), scaled by
 parameter count; other tasks are counted per document at that rate (their prompts are shorter:
 an upper bound). Each trial also pays ``LOAD_SECONDS`` to start, load and quantize. Trials are
-costed at their full ``max_steps`` (a pruner only makes a sweep cheaper).
+costed at their full ``max_steps`` (a pruner only makes a sweep cheaper). The untuned base
+(``eval.baseline``) is evaluated once per cell, its seeds and trials sharing it
+(``qsweep.orchestrator.trial.baseline``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qsweep.evaluation.config import EvalConfig
 from qsweep.orchestrator.sweep.planning import Plan
 from qsweep.orchestrator.trial.config import TrialConfig
 from qsweep.trainers.cost_model import GIB, ModelShape, shape_of, training_cost
@@ -31,20 +34,24 @@ class TrialEstimate:
     peak_bytes: float
     train_seconds: float
     eval_seconds: float
+    baseline_seconds: float
+    """The untuned base's evaluation: paid by one trial of each cell."""
 
     @property
     def seconds(self) -> float:
+        """A trial's time without the base's evaluation."""
         return LOAD_SECONDS + self.train_seconds + self.eval_seconds
 
 
-def eval_documents(config: TrialConfig) -> int:
+def eval_documents(evaluation: EvalConfig) -> int:
+    """Documents one evaluation with this section scores."""
     documents = 0
-    for task in config.eval.tasks:
-        limit = config.eval.limit_for(task)
+    for task in evaluation.tasks:
+        limit = evaluation.limit_for(task)
         full = TASK_DOCUMENTS.get(task, 1000)
         per = SUBJECTS.get(task)
         documents += min(full, limit * per) if (limit and per) else min(full, limit or full)
-    return documents * (2 if config.eval.baseline else 1)
+    return documents
 
 
 def mmlu_questions(config: TrialConfig) -> int:
@@ -66,7 +73,10 @@ def mmlu_questions(config: TrialConfig) -> int:
 def estimate_trial(config: TrialConfig, shape: ModelShape) -> TrialEstimate:
     cost = training_cost(config, shape)
     rate = MMLU_QUESTIONS_PER_S_8B * PARAMS_8B / shape.params
-    return TrialEstimate(cost.peak_bytes, cost.seconds, eval_documents(config) / rate)
+    evaluation = config.eval
+    final = eval_documents(evaluation) if evaluation.tasks else 0
+    baseline = eval_documents(evaluation.for_baseline()) if evaluation.tasks and evaluation.baseline else 0
+    return TrialEstimate(cost.peak_bytes, cost.seconds, final / rate, baseline / rate)
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,6 @@ def estimate_sweep(plan: Plan) -> SweepEstimate:
             unknown.append(config.model.name)
             continue
         trial = estimate_trial(config, shape)
-        seconds += trial.seconds * per_cell
+        seconds += trial.seconds * per_cell + trial.baseline_seconds
         peak = max(peak, trial.peak_bytes / GIB)
     return SweepEstimate(plan.total_trials, seconds / 3600, peak, sorted(set(unknown)))

@@ -14,7 +14,11 @@ What the tracker receives:
   ``eval/results.json`` (lm-eval's), ``eval/baseline/results.json``, ``traceback.txt`` on failure;
   ``result.json`` in the work directory (status, phases, training summary, metrics);
 * tags: ``qsweep.status`` (running, finished, nan, pruned, failed), ``qsweep.reason``,
-  ``qsweep.trial_hash``, ``qsweep.data_type``.
+  ``qsweep.trial_hash``, ``qsweep.data_type``; ``qsweep.baseline_key`` (and
+  ``qsweep.baseline_from``) with the untuned base's evaluation.
+
+The untuned base is evaluated once per cell of a sweep: a trial whose sibling run (another seed)
+recorded the same step-0 evaluation copies it (``qsweep.orchestrator.trial.baseline``).
 
 A trial that runs again in the same work directory and run (a sweep retrying it) resumes from
 its newest checkpoint and logs only the steps that the run does not hold yet: its metric
@@ -32,6 +36,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
+from qsweep.orchestrator.trial.baseline import ARTIFACT_PATH as BASELINE_ARTIFACTS
+from qsweep.orchestrator.trial.baseline import KEY_TAG, SOURCE_TAG, baseline_key, recorded_baseline
 from qsweep.orchestrator.trial.config import TrialConfig
 from qsweep.orchestrator.trial.gpu_turns import GpuTurns, NoTurns, memory_needs
 from qsweep.trainers.faults import StepHook
@@ -74,6 +80,8 @@ class Tracker(Protocol):
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def last_logged_step(self, metric: str) -> int: ...
+    def runs_tagged(self, tag: str, value: str) -> list[str]: ...
+    def download_artifacts(self, run_id: str, path: str, into: Path) -> Path: ...
 
 
 @dataclass
@@ -255,14 +263,8 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
 
     baseline: dict[str, float] = {}
     if cfg.eval.tasks and cfg.eval.baseline:
-        log.info("evaluating the untuned base model (step 0)")
-        with phases.phase("baseline_eval"), qlora.model.disable_adapter():
-            outcome = evaluate(cfg.eval.for_baseline())
-        with phases.phase("record"):
-            baseline = outcome.metrics
-            tracker.log_metrics(baseline, step=0)
-            for path in outcome.write(workdir / "eval" / "baseline"):
-                tracker.log_artifact(path, "eval/baseline")
+        baseline = _baseline(cfg, tracker, workdir, phases, lambda: evaluate(cfg.eval.for_baseline()),
+                             qlora.model)
 
     window: list[float] = []
 
@@ -311,6 +313,35 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
         with phases.phase("eval"):
             evaluation = evaluate()
     return _Computed(TrialStatus.FINISHED, trained.reason, trained, baseline, evaluation)
+
+
+def _baseline(cfg: TrialConfig, tracker: Tracker, workdir: Path, phases: PhaseClock,
+              evaluate: Callable[[], Any], model: Any) -> dict[str, float]:
+    """The untuned base's metrics: recorded already by this run or a sibling (the same base under
+    another seed: ``qsweep.orchestrator.trial.baseline``), else evaluated now and recorded."""
+    key = baseline_key(cfg, excluded_subjects(cfg))
+    with phases.phase("record"):
+        recorded = recorded_baseline(tracker, key, workdir / "eval" / "recorded")
+    if recorded is not None and recorded.run_id == tracker.run_id:
+        log.info("untuned base (step 0): evaluated before by this run")
+        return recorded.metrics
+    if recorded is not None:
+        log.info("untuned base (step 0): the evaluation of run %s, the same base under another seed",
+                 recorded.run_id)
+        with phases.phase("record"):
+            tracker.log_metrics(recorded.metrics, step=0)
+            tracker.log_artifact(recorded.directory, BASELINE_ARTIFACTS)
+            tracker.set_tags({KEY_TAG: key, SOURCE_TAG: recorded.run_id})
+        return recorded.metrics
+    log.info("evaluating the untuned base model (step 0)")
+    with phases.phase("baseline_eval"), model.disable_adapter():
+        outcome = evaluate()
+    with phases.phase("record"):
+        tracker.log_metrics(outcome.metrics, step=0)
+        for path in outcome.write(workdir / "eval" / "baseline"):
+            tracker.log_artifact(path, BASELINE_ARTIFACTS)
+        tracker.set_tags({KEY_TAG: key})  # last: the evaluation is complete in MLflow
+    return outcome.metrics
 
 
 def _release_accelerator_memory() -> None:

@@ -3,7 +3,7 @@
 The driver sends a :class:`TrialRequest` (the resolved config, the MLflow run to write to,
 the work directory); the worker trains, evaluates and records through
 :func:`qsweep.orchestrator.trial.runner.run_trial` and answers with a :class:`TrialOutcome`. No Ray here:
-``qsweep.orchestrator.adapters.cluster`` runs this function in a fresh Ray worker process and passes
+``qsweep.orchestrator.adapters.cluster`` runs this function in a Ray worker process and passes
 ``report``, the channel that takes intermediate values to the driver's pruner.
 
 Exceptions do not escape: an out-of-memory error comes back as status ``oom`` (the driver
@@ -14,11 +14,12 @@ is left for Ray to retry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,10 @@ class TrialOutcome:
     """Seconds per phase of this attempt (``qsweep.trainers.phases``)."""
 
 
-def _log_to(workdir: Path) -> None:
+@contextlib.contextmanager
+def _logging_to(workdir: Path) -> Iterator[None]:
+    """The process's log into ``workdir/trial.log`` while the trial runs (a CPU trial's worker
+    process runs the next trial too, which logs into its own work directory)."""
     workdir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(workdir / "trial.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -84,6 +88,11 @@ def _log_to(workdir: Path) -> None:
     root.setLevel(logging.INFO)
     for noisy in ("bitsandbytes", "lm_eval", "urllib3", "alembic", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def gpu_turns(cfg: Any, load_ahead: bool) -> Any:
@@ -107,6 +116,11 @@ def summary_metrics(result: Any) -> dict[str, float]:
 
 def execute(request: TrialRequest, report: Report | None = None) -> TrialOutcome:
     """Run one sweep trial on this machine (see the module docstring)."""
+    with _logging_to(Path(request.workdir)):
+        return _execute(request, report)
+
+
+def _execute(request: TrialRequest, report: Report | None) -> TrialOutcome:
     import socket
 
     import torch
@@ -122,7 +136,6 @@ def execute(request: TrialRequest, report: Report | None = None) -> TrialOutcome
     phases = PhaseClock(started=max(process_started(), request.submitted_at))
     started = time.perf_counter()
     workdir = Path(request.workdir)
-    _log_to(workdir)
     (workdir / "worker.pid").write_text(str(os.getpid()))
     host = socket.gethostname()
     log.info("trial %s starting on %s (pid %d, CUDA_VISIBLE_DEVICES=%s)", request.key, host, os.getpid(),

@@ -124,3 +124,27 @@ def test_task_limits_override_the_limit_per_task_and_mmlu_family() -> None:
     assert cfg.limit_for("mmlu_offline_virology") == 5 and cfg.limit_for("hellaswag") is None
     with pytest.raises(ValueError, match="arc_easy not in eval.tasks"):
         EvalConfig(tasks=["mmlu"], task_limits={"arc_easy": 3})
+
+
+def test_the_step0_evaluation_may_run_tasks_the_final_one_does_not() -> None:
+    """Perplexity before the fine-tune, MMLU after it (the demo): limits may name either."""
+    cfg = EvalConfig(tasks=["mmlu_offline"], baseline=True, baseline_tasks=["perplexity_offline"],
+                     limit=1, task_limits={"perplexity_offline": 150})
+    assert cfg.all_tasks == ["mmlu_offline", "perplexity_offline"]
+    step0 = cfg.for_baseline()
+    assert step0.tasks == ["perplexity_offline"] and step0.limit_for("perplexity_offline") == 150
+    assert cfg.needs_hub == []
+    assert EvalConfig(tasks=["mmlu_offline"], baseline_tasks=["piqa"]).needs_hub == ["piqa"]
+    with pytest.raises(ValueError, match="arc_easy not in eval.tasks .* or eval.baseline_tasks"):
+        EvalConfig(tasks=["mmlu"], baseline_tasks=["piqa"], task_limits={"arc_easy": 3})
+    for bad in ([], ["piqa", "piqa"]):
+        with pytest.raises(ValueError, match="baseline_tasks"):
+            EvalConfig(tasks=["mmlu"], baseline_tasks=bad)
+
+
+def test_an_unknown_step0_task_is_named_with_its_key() -> None:
+    from qsweep.evaluation.harness import check_tasks
+    from qsweep.trainers.errors import SetupError
+
+    with pytest.raises(SetupError, match="eval.baseline_tasks.*perplexity_ofline.*perplexity_offline"):
+        check_tasks(EvalConfig(tasks=["mmlu_offline"], baseline_tasks=["perplexity_ofline"]))

@@ -216,3 +216,16 @@ def test_a_spec_key_replaces_the_base_value_whole(write_spec) -> None:
     plan = load_plan(path, ["trial.eval.task_limits={perplexity_offline: 7}"])
     assert plan.cells[0].config.eval.task_limits == {"perplexity_offline": 7}
     assert plan.cells[0].config.train.max_steps == 30  # the base's other keys stay
+
+
+def test_the_estimate_evaluates_a_cells_untuned_base_once() -> None:
+    """The seeds of a cell share its step-0 evaluation, on the step-0 tasks only."""
+    from qsweep.orchestrator.sweep.estimate import MMLU_QUESTIONS_PER_S_8B, PARAMS_8B, estimate_sweep
+    from qsweep.trainers.cost_model import shape_of
+
+    demo = SHIPPED / "demo.yaml"
+    one, three = (estimate_sweep(load_plan(demo, [f"seeds={seeds}"])) for seeds in ("[0]", "[0,1,2]"))
+    shape = shape_of(load_plan(demo).cells[0].config.model.name)
+    rate = MMLU_QUESTIONS_PER_S_8B * PARAMS_8B / shape.params
+    baseline_hours = 5 * 150 / rate / 3600  # 5 cells x 150 perplexity documents
+    assert three.gpu_hours == pytest.approx(3 * one.gpu_hours - 2 * baseline_hours)
