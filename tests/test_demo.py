@@ -34,7 +34,10 @@ it, p = 0.09)."""
 
 
 @pytest.fixture(scope="module")
-def demo(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def demo(ray_cluster: str, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    # A cluster that `ray start` left running on this machine (declaring GPUs) must not be
+    # joined: without --address, `qsweep run` starts a private one.
+    del ray_cluster
     root = tmp_path_factory.mktemp("demo")
     done = subprocess.run(
         [QSWEEP, "run", "demo", *REDUCED, f"storage.tracking={mlflow_server}",

@@ -141,8 +141,11 @@ class Cluster:
             if self.address:
                 kwargs["address"] = self.address
             else:
-                # A private local cluster; declared GPUs let a CPU machine schedule GPU trials.
-                kwargs.update(num_gpus=self.num_gpus, num_cpus=self.num_cpus, include_dashboard=False)
+                # A private local cluster ("local": never one that `ray start` left running on
+                # this machine, which Ray would join otherwise); declared GPUs let a CPU machine
+                # schedule GPU trials.
+                kwargs.update(address="local", num_gpus=self.num_gpus, num_cpus=self.num_cpus,
+                              include_dashboard=False)
             ray.init(**kwargs)
         resources = ray.cluster_resources()
         per_gpu = [node["Resources"].get("CPU", 0) / node["Resources"]["GPU"] for node in ray.nodes()

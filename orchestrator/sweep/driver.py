@@ -97,6 +97,7 @@ class SweepDriver:
         # cell comes early.
         self._studies = sorted(plan.studies(), key=lambda study: self.spec.seeds.index(study.seed))
         self._cursor = 0
+        self._published: tuple[Any, ...] | None = None
         self.usage = Usage(compute_gpus=resources.compute_gpus,
                            capacity=concurrency * resources.gpus if resources.gpus else concurrency)
 
@@ -154,6 +155,7 @@ class SweepDriver:
         try:
             while True:
                 self._fill()
+                self._publish()
                 if not self.in_flight and not self.opening:
                     break
                 self._relay_reports()
@@ -184,6 +186,15 @@ class SweepDriver:
         for future in [f for f in self.opening if f.done()]:
             planned, record = self.opening.pop(future)
             self._submit(planned, record, future.result())
+
+    def _publish(self) -> None:
+        """Show the tally when it changed, once the free slots are filled again: a trial that
+        ended and the one started in its place show as one change (running stays true)."""
+        running = len(self.in_flight) + len(self.opening)
+        seen = (self.tally.ended, running, self.tally.best)
+        if seen != self._published:
+            self.tally.running, self._published = running, seen
+            self.observe(self.tally)
 
     def _next(self) -> tuple[StudyPlan, TrialRecord] | None:
         if self.backlog:
@@ -216,8 +227,6 @@ class SweepDriver:
         ref = self.cluster.submit(self.trial_fn, request, gpus=self.resources.gpus, cpus=self.resources.cpus,
                                   retries=self.spec.retries, pruning=self.pruning)
         self.in_flight[ref] = Running(planned, record.number, key, run, request, oom_retries)
-        self.tally.running = len(self.in_flight)
-        self.observe(self.tally)
 
     def _relay_reports(self) -> None:
         if not self.pruning:
@@ -281,10 +290,8 @@ class SweepDriver:
             status = TrialStatus.FAILED
         self.tally.count(status)
         self.tally.durations.append(time.monotonic() - entry.started)
-        self.tally.running = len(self.in_flight)
         if values is not None and state == "COMPLETE":
             self.tally.offer_best(entry.key, values[0], self._maximize)
-        self.observe(self.tally)
 
     def _interrupt(self) -> None:
         """Ctrl-C: stop the running trials; they stay RUNNING in Optuna and resume next time."""

@@ -160,6 +160,18 @@ def test_every_trial_ends_once_and_is_recorded(sweep) -> None:
     assert MlflowClient(driver.ledger.uri).get_run(driver.parent.run_id).info.status == "FINISHED"
 
 
+def test_every_cells_first_seed_starts_first_and_the_tally_counts_the_running_trials(sweep) -> None:
+    """Seeds outer (a cell's later seeds find its untuned base evaluated); what the progress line
+    shows after a trial ends counts the trial started in its place."""
+    driver, cluster = sweep(lambda request, attempt: finished(request))
+    shown: list[tuple[int, int]] = []
+    driver.observe = lambda tally: shown.append((tally.ended, tally.running))
+    driver.run()
+    assert [r.config["train"]["seed"] for r in cluster.requests] == [0, 0, 1, 1]
+    assert shown[-1] == (4, 0)
+    assert all(running == min(2, 4 - done) for done, running in shown[1:]), shown
+
+
 def test_out_of_memory_is_retried_with_half_the_micro_batch_until_the_limit(sweep) -> None:
     """oom_retries: 2 — micro-batch 4 -> 2 -> 1 with accumulation 1 -> 2 -> 4 (the same 4 examples
     a step), then the trial fails; the retries start from no checkpoint of the larger batch."""

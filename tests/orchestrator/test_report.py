@@ -207,7 +207,8 @@ def test_plan_states_the_resolvable_difference_assumed_or_from_a_pilot(item_stor
     assert f"resolution: detects an MMLU difference of {assumed.difference * 100:.1f} points or more" in out
     assert "53 questions x 2 seeds" in out and "assumed" in out
 
-    assert main(["plan", "demo", "trial.eval.tasks=[mmlu,perplexity_offline]", "--pilot", "itemized",
+    assert main(["plan", "demo", "trial.eval.tasks=[mmlu]",
+                 "objectives=[{metric: eval/mmlu/acc, direction: maximize}]", "--pilot", "itemized",
                  "--tracking-uri", item_store, "--experiment", "items", "--root", str(tmp_path)]) == 0
     share = np.mean([discordance([item_scores("NF4", s)[0]], [item_scores("FP4", s)[0]]) for s in (0, 1)])
     measured = minimum_detectable_difference(53, 2, share)  # the demo asks 1 question per subject
