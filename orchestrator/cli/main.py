@@ -35,6 +35,15 @@ def _quiet_libraries() -> None:
     transformers_logging.disable_progress_bar()
 
 
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("qsweep")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from qsweep.orchestrator.cli.commands import assets, plan, report, run, status, train, trial, ui
 
@@ -43,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="QLoRA ablation sweeps: train, evaluate and record 4-bit fine-tuning trials.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
+    parser.add_argument("--version", action="version", version=f"qsweep {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (train, trial, plan, run, status, report, ui, assets):
         module.add_parser(commands)

@@ -59,3 +59,12 @@ def test_a_bug_is_not_swallowed(monkeypatch) -> None:
     monkeypatch.setattr(plan_command, "run", fail)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["plan", "whatever.yaml"])
+
+
+def test_version_names_the_installed_package(capsys) -> None:
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"qsweep {importlib.metadata.version('qsweep')}"
