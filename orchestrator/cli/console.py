@@ -8,6 +8,7 @@ from typing import Any
 
 from qsweep.trainers.metrics import StepMetrics, TrainResult
 from qsweep.trainers.phases import LABELS, PHASES, SHORT_LABELS
+from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -245,21 +246,33 @@ _STATUS_STYLE = {"finished": "green", "running": "cyan", "pruned": "yellow", "fa
                  "crashed": "red", "pending": "dim", "interrupted": "yellow", "scheduled": "cyan"}
 
 
-def sweep_summary(rows: list[dict[str, Any]], title: str = "trials") -> Table:
-    """One row per trial: cell, seed, trial number, status, objective values, searched params,
-    duration, MLflow run (the params column only when a search chose some)."""
-    table = Table(title=title, title_justify="left")
+RUN_ID_SHOWN = 8
+"""Characters of an MLflow run id a table shows (a 32-character id would wrap at 80 columns);
+the MLflow UI's search finds a run by this prefix."""
+
+
+def sweep_summary(rows: list[dict[str, Any]], title: str = "trials",
+                  objectives: list[str] | None = None) -> Table:
+    """One row per trial: cell, seed, trial number (where a search runs several), status, the
+    objectives' values (headed by their metrics), searched params (where a search chose some),
+    duration, MLflow run id (its first characters)."""
+    # No vertical rules, and the trial number only where a search runs several: 80 columns hold it.
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
     with_params = any(row["params"] for row in rows)
+    numbered = any(row["trial"] for row in rows)
     widest = max((len(row["cell"]) for row in rows), default=4)
     table.add_column("cell", no_wrap=True, min_width=min(widest, 28))
-    table.add_column("seed", justify="right")
-    table.add_column("trial", justify="right")
-    table.add_column("status")
-    table.add_column("objective", no_wrap=True, min_width=9)
+    table.add_column("seed", justify="right", no_wrap=True)
+    if numbered:
+        table.add_column("trial", justify="right", no_wrap=True)
+    table.add_column("status", min_width=8)
+    metrics = ", ".join(m.removeprefix("eval/") for m in objectives) if objectives else "objective"
+    table.add_column(metrics, no_wrap=True, min_width=9)
     if with_params:
         table.add_column("params")
     table.add_column("duration", justify="right", no_wrap=True)
-    table.add_column("MLflow run", overflow="fold")
+    table.add_column("run", no_wrap=True, min_width=RUN_ID_SHOWN)
     for row in rows:
         style = _STATUS_STYLE.get(row["status"], "")
         status = f"[{style}]{row['status']}[/]" if style else row["status"]
@@ -268,8 +281,10 @@ def sweep_summary(rows: list[dict[str, Any]], title: str = "trials") -> Table:
         values = ", ".join(f"{v:.4g}" for v in row["values"]) if row["values"] else "-"
         params = [", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float)
                             else f"{k.split('.')[-1]}={v}" for k, v in row["params"].items()) or "-"]
-        table.add_row(row["cell"], str(row["seed"]), str(row["trial"]), status, values,
-                      *(params if with_params else []), _duration(row["seconds"]), row["run_id"] or "-")
+        number = [str(row["trial"])] if numbered else []
+        table.add_row(row["cell"], str(row["seed"]), *number, status, values,
+                      *(params if with_params else []), _duration(row["seconds"]),
+                      (row["run_id"] or "-")[:RUN_ID_SHOWN])
     return table
 
 

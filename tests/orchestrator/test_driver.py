@@ -297,3 +297,23 @@ def test_checkpoints_of_another_config_are_discarded_and_the_current_ones_kept(t
     assert discard_other_configs(tmp_path, "smaller-batch") == 2
     assert not old.exists() and not damaged.exists() and current.exists()
     assert discard_other_configs(tmp_path / "nowhere", "smaller-batch") == 0
+
+
+def test_status_lists_the_sweeps_and_names_them_for_an_unknown_one(sweep, tmp_path: Path, capsys) -> None:
+    from qsweep.orchestrator.cli.main import main
+
+    root = tmp_path / "runs"
+    assert main(["status", "--root", str(tmp_path / "empty")]) == 0
+    assert "no sweeps in" in capsys.readouterr().out
+    driver, _ = sweep(lambda request, attempt: finished(request))
+    driver.run()
+    assert main(["status", "--root", str(root)]) == 0
+    listing = capsys.readouterr().out
+    assert "fake" in listing and driver.parent.run_id[:8] in listing
+    assert main(["status", "nosuch", "--root", str(root)]) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert "no sweep 'nosuch'" in error and error.endswith("fake")  # the known ones
+    assert main(["status", "fake", "--root", str(root)]) == 0
+    trials = capsys.readouterr().out
+    assert "train/final_loss" in trials  # the objective column is headed by its metric
+    assert all(len(line) <= 80 for line in trials.splitlines()), trials

@@ -123,7 +123,8 @@ def _launch(plan: Any, args: argparse.Namespace) -> int:
             driver.observe = progress
             progress(driver.tally)
             tally = driver.run()
-        console.print(sweep_summary(prepared.status_rows()))
+        console.print(sweep_summary(prepared.status_rows(),
+                                    objectives=[o.metric for o in prepared.plan.spec.objectives]))
         failed = tally.done.get("failed", 0) + tally.done.get("nan", 0)
         ended = ", ".join(f"{n} {status}" for status, n in sorted(tally.done.items()))
         console.print(f"{tally.ended} trials ended: {ended}. MLflow parent run {driver.parent.run_id}",
