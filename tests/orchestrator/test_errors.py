@@ -68,3 +68,17 @@ def test_version_names_the_installed_package(capsys) -> None:
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"qsweep {importlib.metadata.version('qsweep')}"
+
+
+@pytest.mark.parametrize("command", ["train", "trial", "plan", "run", "resume", "status", "report", "ui",
+                                     "assets"])
+def test_help_is_plain_text(command: str, capsys) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "``" not in text and ":class:" not in text and "::" not in text
+    if command in ("train", "trial", "plan", "status", "report"):
+        assert f"    qsweep {command}" in text  # its examples, as written
+    if command == "report":
+        assert "<root>/reports/<sweep>/" in text and "report/" in text  # what it writes, where

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from qsweep.orchestrator.cli.commands import help_text
+
 
 def add_parser(commands: Any) -> None:
     from qsweep.trainers.assets import ASSETS
 
     parser = commands.add_parser("assets", help="fetch or list offline assets",
-                                 description=__doc__.split("\n\n")[0])
+                                 **help_text(__doc__))
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     fetch = actions.add_parser("fetch", help="fetch assets into the cache (all by default)")
     fetch.add_argument("names", nargs="*", choices=[[], *sorted(ASSETS)], metavar="NAME",

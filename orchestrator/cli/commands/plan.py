@@ -6,7 +6,11 @@ It ends with an estimate of the sweep's GPU-hours and peak memory per trial on o
 (``qsweep.orchestrator.sweep.estimate``: a calibrated first-order model, ±25%), and with the
 smallest MMLU difference between two rows the sweep can resolve (``qsweep.evaluation.power``:
 95% confidence, 80% power), from its questions and seeds and a share of differing answers
-assumed, or measured on a finished pilot sweep (``--pilot NAME``).
+assumed, or measured on a finished pilot sweep (``--pilot NAME``). Examples::
+
+    qsweep plan demo
+    qsweep plan sweeps/paper-table4.yaml seeds=[0]
+    qsweep plan sweeps/paper-table4.yaml --pilot demo
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from qsweep.orchestrator.cli.commands import DEFAULT_ROOT
+from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, help_text
 
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("plan", help="print a sweep's cells and trial count without running",
-                                 description=__doc__.split("\n\n")[0])
+                                 **help_text(__doc__))
     parser.add_argument("spec", help="sweep spec YAML (or the name of one in sweeps/, e.g. demo)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="spec overrides, e.g. seeds=[0] trial.train.max_steps=5")

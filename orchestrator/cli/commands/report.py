@@ -1,9 +1,11 @@
 """``qsweep report SWEEP``: ablation tables and plots of a sweep, from its MLflow records.
 
 Without --preset, --rows or --metric it builds the tables that the spec's ``reports`` section
-lists. Seeds are aggregated as mean ± 95% t-interval with n; incomplete cells are marked. Outputs go
-to the terminal, to ``<root>/reports/<sweep>/`` (Markdown, LaTeX, CSV, PNG) and to the sweep's
-parent run in MLflow (``report/``). Examples::
+lists. Each cell is the mean over seeds with a 95% interval from a bootstrap over seeds and the
+evaluated questions or documents; incomplete cells are marked. Writes each table to the
+terminal, to ``<root>/reports/<sweep>/<table>.md``, ``.tex``, ``.csv``, ``.png`` (the metric
+per row) and ``-memory.png`` (against peak training memory), and to the sweep's parent run in
+MLflow (artifacts under ``report/``). Examples::
 
     qsweep report demo --preset table2
     qsweep report demo --preset table4 --metric eval/mmlu_offline/acc --columns model
@@ -17,12 +19,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from qsweep.orchestrator.cli.commands import DEFAULT_ROOT
+from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, help_text
 
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("report", help="tables and plots of a sweep from MLflow",
-                                 description=__doc__.split("\n\n")[0])
+                                 **help_text(__doc__))
     parser.add_argument("sweep", help="sweep name (a local sweep directory supplies its MLflow store)")
     parser.add_argument("--preset", choices=["table2", "table4"], help="the paper's layouts")
     parser.add_argument("--rows", help="grid axis of the rows")

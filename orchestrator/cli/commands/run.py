@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from qsweep.orchestrator.cli.commands import DEFAULT_ROOT
+from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, help_text
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("run", help="run a sweep on Ray (resumes it if it exists)",
-                                 description=__doc__.split("\n\n")[0])
+                                 **help_text(__doc__))
     parser.add_argument("spec", help="sweep spec YAML (or the name of one in sweeps/, e.g. demo)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="spec overrides, e.g. seeds=[0] trial.train.max_steps=5")

@@ -3,7 +3,10 @@
 Reads the sweep's Optuna storage (the driver may be running or gone); starts nothing. Without a
 name: the sweeps under ``--root``.
 ``--phases`` shows instead where each trial's time went: start, load, evaluations, training,
-recording (seconds), and the share spent training or evaluating.
+recording (seconds), and the share spent training or evaluating. Examples::
+
+    qsweep status
+    qsweep status demo --phases
 """
 
 from __future__ import annotations
@@ -11,14 +14,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from qsweep.orchestrator.cli.commands import DEFAULT_ROOT
+from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, help_text
 
 
 def add_parser(commands: Any) -> None:
     from pathlib import Path
 
     parser = commands.add_parser("status", help="show a sweep's trials, their state and results",
-                                 description=__doc__.split("\n\n")[0])
+                                 **help_text(__doc__))
     parser.add_argument("sweep", nargs="?", help="sweep name (under --root) or sweep directory; "
                                                  "none: list the sweeps under --root")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,

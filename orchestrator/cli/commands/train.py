@@ -3,7 +3,10 @@
 The work directory (default ``qsweep-runs/train/<config>-<hash>``, named by the content hash
 of the resolved config) receives ``config.yaml``, ``metrics.jsonl`` (one line per step),
 ``checkpoints/``, ``adapter/`` and ``result.json``. Running the same command again resumes
-from the newest checkpoint.
+from the newest checkpoint. Examples::
+
+    qsweep train configs/trial/smollm2-offline.yaml
+    qsweep train configs/trial/smollm2-offline.yaml quant.type=fp4 train.max_steps=10
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from qsweep.orchestrator.cli.commands import DEFAULT_ROOT
+from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, help_text
 
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("train", help="train one trial from a YAML config",
-                                 description=__doc__.split("\n\n")[0])
+                                 **help_text(__doc__))
     parser.add_argument("config", type=Path, help="trial config YAML")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides, e.g. lora.r=16 quant.type=fp4")

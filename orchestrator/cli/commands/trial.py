@@ -3,7 +3,10 @@
 Before anything loads, the config is validated, the tracking store and the hub (for online
 tasks) are checked and the lm-eval task names resolved: a mistake costs seconds, not an hour
 of training. The trial's work directory is ``<root>/trials/<config>-<hash>``; the default
-tracking store is ``<root>/mlflow.db`` (browse it with ``qsweep ui``).
+tracking store is ``<root>/mlflow.db`` (browse it with ``qsweep ui``). Examples::
+
+    qsweep trial configs/trial/smollm2-offline.yaml
+    qsweep trial configs/trial/smollm2-offline.yaml eval.baseline=true eval.limit=5
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from qsweep.orchestrator.cli.commands import DEFAULT_ROOT
+from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, help_text
 
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("trial", help="train + evaluate + record one trial in MLflow",
-                                 description=__doc__.split("\n\n")[0])
+                                 **help_text(__doc__))
     parser.add_argument("config", type=Path, help="trial config YAML")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides, e.g. lora.r=16 eval.limit=5")

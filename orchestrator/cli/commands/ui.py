@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qsweep.orchestrator.cli.commands import DEFAULT_ROOT
+from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, help_text
 
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("ui", help="start the MLflow UI for the local runs",
-                                 description=__doc__)
+                                 **help_text(__doc__))
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
                         help=f"runs root holding mlflow.db (default {DEFAULT_ROOT})")
     parser.add_argument("--host", default="127.0.0.1",
