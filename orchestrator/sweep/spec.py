@@ -316,7 +316,9 @@ class ReportSpec(ConfigSection):
     scale: float | None = Field(None, gt=0)
     """Display factor (100: accuracies as percentages)."""
     compare: tuple[str, str] | None = None
-    """Two row labels compared by a paired t-test over the same (column, seed) pairs."""
+    """Two row labels compared over the same questions or documents and seeds: the difference
+    (accuracy) or ratio (perplexity) with a paired bootstrap interval and a permutation test over
+    whole items; with 3 or more seeds also a paired t-test over the (column, seed) pairs."""
     title: str | None = None
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """File stem of the outputs (default: the preset's, else report)."""
