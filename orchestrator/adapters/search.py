@@ -37,6 +37,9 @@ from qsweep.orchestrator.sweep.spec import (
 from qsweep.trainers.errors import StorageUnavailable
 
 log = logging.getLogger("qsweep")
+# Optuna sets its own logger to INFO when imported (a line per study loaded or trial told);
+# qsweep reports what matters itself.
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 DONE_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
