@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workers import environment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKED32 = ["train.micro_batch_size=32", "train.grad_accum_steps=1", "train.packing=true"]
+PACKED16 = ["train.micro_batch_size=16", "train.grad_accum_steps=1", "train.packing=true"]
 VARIANTS = {
     "paper": ["train.micro_batch_size=1", "train.grad_accum_steps=16"],
     "plain": ["train.micro_batch_size=4", "train.grad_accum_steps=4"],
@@ -62,6 +64,28 @@ VARIANTS = {
                        "train.kernels=auto"],
     "auto32-packed-liger-14g": ["train.micro_batch_size=auto", "train.batch_size=32", "train.packing=true",
                                 "train.kernels=auto", "train.max_memory_gib=14.2"],
+    # relaxed gradient checkpointing (train.uncheckpointed_layers): the last N layers keep activations
+    "packed32-liger-relax4": ["train.micro_batch_size=32", "train.grad_accum_steps=1", "train.packing=true",
+                              "train.kernels=auto", "train.uncheckpointed_layers=4"],
+    "packed32-liger-relax8": ["train.micro_batch_size=32", "train.grad_accum_steps=1", "train.packing=true",
+                              "train.kernels=auto", "train.uncheckpointed_layers=8"],
+    # unconstrained memory: no checkpointing at all
+    "packed32-liger-nockpt": ["train.micro_batch_size=32", "train.grad_accum_steps=1", "train.packing=true",
+                              "train.kernels=auto", "train.gradient_checkpointing=false"],
+    # compiled decoder layers (train.compile), embeddings in bf16 (train.fp32_embeddings=false)
+    "packed32-compile": [*PACKED32, "train.compile=true"],
+    "packed32-compile-bf16emb": [*PACKED32, "train.compile=true", "train.fp32_embeddings=false"],
+    "packed32-compile-bf16emb-relax4": [*PACKED32, "train.compile=true", "train.fp32_embeddings=false",
+                                        "train.uncheckpointed_layers=4"],
+    "packed32-compile-liger-bf16emb": [*PACKED32, "train.compile=true", "train.fp32_embeddings=false",
+                                       "train.kernels=auto"],
+    "packed32-compile-bf16emb-nockpt": [*PACKED32, "train.compile=true", "train.fp32_embeddings=false",
+                                        "train.gradient_checkpointing=false"],
+    "packed32-compile-flce": [*PACKED32, "train.compile=true", "train.kernels=auto"],
+    "packed32-compile-flce-relax4": [*PACKED32, "train.compile=true", "train.kernels=auto",
+                                     "train.uncheckpointed_layers=4"],
+    "packed16": [*PACKED16],
+    "packed16-compile-bf16emb": [*PACKED16, "train.compile=true", "train.fp32_embeddings=false"],
 }
 
 

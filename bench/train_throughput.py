@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import string
 import sys
 import tempfile
 import time
@@ -42,6 +41,25 @@ CONFIGS: dict[str, dict] = {
     "nf4-mb4": dict(bits=4, type="nf4", dq=False, ckpt=False, mb=4, optim="adamw"),
     "fp4-mb4": dict(bits=4, type="fp4", dq=False, ckpt=False, mb=4, optim="adamw"),
     "bf16-lora-mb4": dict(bits=16, type="nf4", dq=False, ckpt=False, mb=4, optim="adamw"),
+    # qsweep only (train.kernels, train.uncheckpointed_layers): sequence length 1024 within the
+    # qlora.py defaults' memory, and without a memory constraint
+    "qlora-mb2-liger": dict(bits=4, type="nf4", dq=True, ckpt=True, mb=2, optim="paged_adamw_32bit",
+                            kernels="auto"),
+    "qlora-mb4-liger": dict(bits=4, type="nf4", dq=True, ckpt=True, mb=4, optim="paged_adamw_32bit",
+                            kernels="auto"),
+    "qlora-mb4-liger-bf16emb": dict(bits=4, type="nf4", dq=True, ckpt=True, mb=4, optim="paged_adamw_32bit",
+                                    kernels="auto", bf16emb=True),
+    "qlora-mb2-liger-relax4": dict(bits=4, type="nf4", dq=True, ckpt=True, mb=2, optim="paged_adamw_32bit",
+                                   kernels="auto", relax=4),
+    "qlora-mb2-compile-bf16emb": dict(bits=4, type="nf4", dq=True, ckpt=True, mb=2, optim="paged_adamw_32bit",
+                                      compile=True, bf16emb=True),
+    "nf4dq-mb4-compile-bf16emb": dict(bits=4, type="nf4", dq=True, ckpt=False, mb=4, optim="adamw",
+                                      compile=True, bf16emb=True),
+    "nf4dq-mb4-liger": dict(bits=4, type="nf4", dq=True, ckpt=False, mb=4, optim="adamw", kernels="auto"),
+    "nf4dq-mb8-liger-relax16": dict(bits=4, type="nf4", dq=True, ckpt=True, mb=8, optim="adamw",
+                                    kernels="auto", relax=16),
+    "nf4dq-mb16-liger-relax8": dict(bits=4, type="nf4", dq=True, ckpt=True, mb=16, optim="adamw",
+                                    kernels="auto", relax=8),
 }
 
 
@@ -64,6 +82,8 @@ def run_qsweep(model_dir: Path, data: Path, spec: dict, args: argparse.Namespace
         "train": {"max_steps": args.warmup + args.steps, "micro_batch_size": spec["mb"],
                   "grad_accum_steps": 1, "learning_rate": 2e-4, "optimizer": spec["optim"],
                   "gradient_checkpointing": spec["ckpt"], "max_source_length": 8,
+                  "kernels": spec.get("kernels", "none"), "uncheckpointed_layers": spec.get("relax", 0),
+                  "compile": spec.get("compile", False), "fp32_embeddings": not spec.get("bf16emb", False),
                   "max_target_length": args.seq_len, "checkpoint_every": 0,
                   "device": args.device},
         "data": {"path": str(data)},
@@ -80,6 +100,8 @@ def run_qsweep(model_dir: Path, data: Path, spec: dict, args: argparse.Namespace
 
 def run_reference(model_dir: Path, spec: dict, args: argparse.Namespace) -> dict:
     """The plain loop: transformers + bitsandbytes + peft, nothing of qsweep."""
+    if any(spec.get(key) for key in ("kernels", "relax", "compile", "bf16emb")):
+        raise SystemExit("the reference loop is the plain one: run these with --impls qsweep")
     import bitsandbytes as bnb
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -133,12 +155,23 @@ def run_reference(model_dir: Path, spec: dict, args: argparse.Namespace) -> dict
             "final_loss": float(loss)}
 
 
-def write_data(path: Path, seq_len: int, rows: int = 128) -> None:
-    """Rows whose response is seq_len - 1 ASCII bytes: seq_len tokens with EOS, all trained."""
+WORDS = (" the", " of", " and", " to", " in", " is", " that", " for", " it", " as", " with", " was", " on",
+         " be", " at", " by", " this", " had", " not", " are", " but", " from", " or", " have", " an")
+"""Common words that Llama's and SmolLM2's tokenizers keep as one token each."""
+
+
+def write_data(path: Path, seq_len: int, model_dir: Path, rows: int = 128) -> None:
+    """Rows whose response is seq_len - 1 tokens (one-token words, checked with the model's
+    tokenizer): seq_len tokens with EOS, all trained, so qsweep trains on the reference's lengths."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    words = [w for w in WORDS if len(tokenizer.encode(w, add_special_tokens=False)) == 1]
     rng = random.Random(0)
     with open(path, "w") as handle:
         for _ in range(rows):
-            text = "".join(rng.choices(string.ascii_letters + " ", k=seq_len - 1))
+            text = "".join(rng.choices(words, k=seq_len - 1))
+            assert len(tokenizer.encode(text, add_special_tokens=False)) == seq_len - 1
             handle.write(json.dumps({"prompt": "", "response": text}) + "\n")
 
 
@@ -182,7 +215,7 @@ def main() -> None:
                            vocab_size=args.vocab_size if args.shape != "tiny" else None)
         print(f"created {args.shape} in {time.perf_counter() - started:.0f} s", flush=True)
     data = args.model_dir.parent / f"bench-data-{args.seq_len}.jsonl"
-    write_data(data, args.seq_len)
+    write_data(data, args.seq_len, args.model_dir)
 
     results = []
     for name in args.configs.split(","):

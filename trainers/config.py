@@ -229,6 +229,22 @@ class TrainConfig(ConfigSection):
     """adamw (torch, fused on CUDA) or bitsandbytes' paged AdamW with 32- or 8-bit state."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: less memory, about 30% slower."""
+    uncheckpointed_layers: int = Field(0, ge=0)
+    """With gradient_checkpointing, the last N decoder layers keep their activations instead of
+    recomputing them: each saves about 1/layers of the recompute and costs one layer's
+    activations (bench/README.md, "Compiled layers, embeddings in bf16, relaxed checkpointing").
+    More than the model's layers means all of them."""
+    fp32_embeddings: bool = True
+    """Keep the input embeddings and LM head of a quantized base in float32, as peft's
+    ``prepare_model_for_kbit_training`` leaves them (the residual stream then runs in float32).
+    false casts them back to quant.compute_dtype, as qlora.py does: less memory and fewer casts
+    (bench/README.md); the norms stay float32 either way."""
+    compile: bool = False
+    """Compile each decoder layer with ``torch.compile`` (one graph for all layers, shapes
+    dynamic): fewer, fused kernels launched from the host, which bounds short-example steps on a
+    GPU (bench/README.md, "Compiled layers, embeddings in bf16, relaxed checkpointing"). The
+    first steps pay the compilation (about a minute for an 8B model); the computation is the same
+    up to float rounding. With kernels auto, only Liger's fused cross-entropy is applied."""
     max_source_length: int = Field(384, gt=0)
     """Prompt tokens kept per example (truncated on the right)."""
     max_target_length: int = Field(128, gt=0)
@@ -398,7 +414,7 @@ class TrainingConfig(BaseModel):
         return flat
 
     ADDED_TRAIN_OPTIONS: ClassVar[dict[str, Any]] = {"group_by_length": False, "kernels": "none",
-                                                   "packing": False}
+                                                   "packing": False, "fp32_embeddings": True}
     """Train options added after trials were recorded, with the value that leaves training as
     it was: left out of the identity at that value."""
 
@@ -413,7 +429,8 @@ class TrainingConfig(BaseModel):
         if self.quant.bits != 4:
             values["quant"].pop("type")
             values["quant"].pop("double_quant")
-        for key in ("checkpoint_every", "keep_checkpoints", "device", "max_memory_gib"):
+        for key in ("checkpoint_every", "keep_checkpoints", "device", "max_memory_gib",
+                    "uncheckpointed_layers", "compile"):
             values["train"].pop(key)
         # the batch is the micro-batch times the accumulation (unless auto chooses the layout,
         # where the accumulation follows from the choice): one of them says nothing new

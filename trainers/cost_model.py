@@ -16,10 +16,20 @@ kept, plus one layer's activations during its recomputation. Logits are counted 
 fp32 (logits, their softmax, their gradient).
 
 Time: a frozen base costs 2N FLOPs per token forward and 2N backward (no weight gradients),
-plus 2N to recompute the forward under checkpointing. Achieved utilisation grows with the
-tokens per micro-batch (``UTILISATION``, fitted to 8% at 1,024 tokens and 23% at 4,096 on the
-H100's 989 dense bf16 TFLOP/s), and 16-bit LoRA runs 1.25x as fast as 4-bit at the same shape.
-Sequences are counted at their full length (max source + max target): an upper bound.
+plus 2N to recompute the forward under checkpointing (only for the checkpointed layers,
+``train.uncheckpointed_layers``). Achieved utilisation grows with the positions a micro-batch
+computes (``UTILISATION``, fitted to 8% at 1,024 and 23% at 4,096 on the H100's 989 dense
+bf16 TFLOP/s; packed rows of about 2,600 real tokens measured 18%), and 16-bit LoRA runs
+1.25x as fast as 4-bit at the same shape. Below about a thousand positions a pass is bound by
+launching its kernels from the host, not by the GPU: it takes at least
+``LAUNCH_SECONDS_PER_LAYER`` per decoder layer whatever its size. Compiled layers
+(``train.compile``) run passes of up to 4,096 positions ``COMPILE_SPEEDUP`` times as fast.
+
+Tokens: the real tokens of the data when known (``TOKENS_PER_EXAMPLE``: measured for the
+offline data, estimated from published sizes for hub datasets), else the full length (max
+source + max target), an upper bound. A padded micro-batch of several examples computes them
+all at the full length (its longest example sets the row); a packed one (``train.packing``) or
+a micro-batch of one computes only the real tokens.
 """
 
 from __future__ import annotations
@@ -42,6 +52,25 @@ UTILISATION = ((1024, 0.08), (4096, 0.23), (16384, 0.30))
 interpolated in log(tokens), flat outside."""
 SPEEDUP_16BIT = 1.25
 """16-bit LoRA over 4-bit at the same shape (H100: 9,061 vs 7,249 tokens/s)."""
+LAUNCH_SECONDS_PER_LAYER = 0.022
+"""The shortest forward + backward pass per decoder layer, with checkpointing (8B shape, one
+H100: 0.6-0.7 s a pass at micro-batch 1 of 1,024 tokens, 0.7-0.9 s for packed rows of 1,250
+and 2,500 tokens, 0.6-1.2 s for single examples of 78; bench/README.md); two thirds of it
+without checkpointing (no recomputed forward)."""
+COMPILE_SPEEDUP = 1.5
+"""Compiled decoder layers over eager ones for passes of up to 4,096 positions (H100, packed
+rows of about 2,500 tokens: 1.51-1.80x in two calls; bench/README.md, "Compiled layers,
+embeddings in bf16, relaxed checkpointing"); none assumed for larger passes (not measured to
+pay)."""
+TOKENS_PER_EXAMPLE = {
+    "mmlu-heldout": 78.4,
+    "alpaca": 140.0,
+}
+"""Mean real tokens an example of a dataset recipe holds (prompt template included, before
+truncation at the default 384/128). mmlu-heldout: measured on the offline data (2,030 examples,
+SmolLM2's tokenizer; bench/README.md, "What the cost model assumes"); alpaca: estimated from the
+dataset's published size (47.8 MB for 52,002 rows holding the fields and the rendered text:
+about 550 bytes of text a row, at 4 bytes a token). Others: unknown, counted at full length."""
 
 
 @dataclass(frozen=True)
@@ -135,8 +164,8 @@ class TrainingCost:
     activation_bytes: float
     logit_bytes: float
     tokens_per_s: float
-    tokens: int
-    """Tokens the trial trains on (steps x micro-batch x accumulation x sequence length)."""
+    tokens: float
+    """Real tokens the trial trains on (steps x examples a step x tokens an example)."""
 
     @property
     def peak_bytes(self) -> float:
@@ -184,38 +213,58 @@ REFERENCE_GPU_BYTES = 80 * GIB
 """Memory of the reference GPU (H100 80GB): the budget of ``micro_batch_size: auto`` in estimates."""
 
 
+def tokens_per_example(config: TrainingConfig) -> float | None:
+    """Mean real tokens an example of the config's data holds (capped at its full length), or
+    None when unknown (``TOKENS_PER_EXAMPLE``)."""
+    known = TOKENS_PER_EXAMPLE.get(config.data.name) if config.data.path is None else None
+    full = config.train.max_source_length + config.train.max_target_length
+    return min(known, full) if known is not None else None
+
+
 def training_cost(config: TrainingConfig, shape: ModelShape, *, micro_batch_size: int | None = None,
-                  seq_len: int | None = None, fused_cross_entropy: bool = False) -> TrainingCost:
+                  seq_len: int | None = None, fused_cross_entropy: bool | None = None) -> TrainingCost:
     """Peak memory and training time of ``config`` on ``shape`` (one reference GPU).
 
-    ``micro_batch_size`` and ``seq_len`` replace the config's micro-batch and its full length
-    (max source + max target); with ``fused_cross_entropy`` (Liger's, ``train.kernels``) the
-    logits are never materialized and not counted. With ``micro_batch_size: auto`` in the
-    config and none given, the estimate takes the largest micro-batch that fits the reference
-    GPU less 10%.
+    ``micro_batch_size`` and ``seq_len`` replace the config's micro-batch and the positions each
+    of its rows computes (by default: the real tokens of a packed row or a lone example, the full
+    length of a padded one); with ``fused_cross_entropy`` (Liger's, ``train.kernels: auto``, the
+    default when None) the logits are never materialized and not counted. With
+    ``micro_batch_size: auto`` in the config and none given, the estimate takes the largest
+    micro-batch that fits the reference GPU less 10%.
     """
     train, quant = config.train, config.quant
-    seq = seq_len or train.max_source_length + train.max_target_length
+    full = train.max_source_length + train.max_target_length
+    real = tokens_per_example(config) or full
+    if fused_cross_entropy is None:
+        fused_cross_entropy = train.kernels != "none"
     if micro_batch_size is None and train.auto_layout:
         budget = REFERENCE_GPU_BYTES * 0.9
         micro_batch_size = largest_fitting(train.batch_size, lambda m: training_cost(
-            config, shape, micro_batch_size=m, seq_len=seq).peak_bytes <= budget)
+            config, shape, micro_batch_size=m, seq_len=seq_len,
+            fused_cross_entropy=fused_cross_entropy).peak_bytes <= budget)
     micro = micro_batch_size or train.micro_batch_size
+    seq = seq_len or (real if train.packing or micro == 1 else full)
     tokens_per_micro_batch = micro * seq
     modules = adapted_modules(config.lora.target_modules)
     adapter_params = shape.layers * sum(config.lora.r * (a + b)
                                         for name, (a, b) in shape.linear_shapes().items() if name in modules)
     state_bytes_per_param = 10 if train.optimizer == "paged_adamw_8bit" else 16
     per_token_layer = ACTIVATION_BYTES_PER_HIDDEN[quant.bits] * shape.hidden
-    if train.gradient_checkpointing:
-        activations = tokens_per_micro_batch * (shape.layers * 2 * shape.hidden + per_token_layer)
-    else:
-        activations = tokens_per_micro_batch * shape.layers * per_token_layer
+    kept = min(train.uncheckpointed_layers, shape.layers) if train.gradient_checkpointing else shape.layers
+    checkpointed = shape.layers - kept
+    activations = tokens_per_micro_batch * (checkpointed * 2 * shape.hidden + kept * per_token_layer
+                                            + (per_token_layer if checkpointed else 0))
     logits = 0 if fused_cross_entropy else 3 * 4 * tokens_per_micro_batch * shape.vocab
-    flops_per_token = (6 if train.gradient_checkpointing else 4) * shape.params
+    flops_per_token = (4 + 2 * checkpointed / shape.layers) * shape.params
     speed = utilisation(tokens_per_micro_batch) * H100_BF16_FLOPS / flops_per_token
     if quant.bits == 16:
         speed *= SPEEDUP_16BIT
-    tokens = train.max_steps * train.batch_size * seq
+    pass_seconds = max(tokens_per_micro_batch / speed,
+                       LAUNCH_SECONDS_PER_LAYER * shape.layers * (2 + checkpointed / shape.layers) / 3)
+    if train.compile and tokens_per_micro_batch <= 4096:
+        pass_seconds /= COMPILE_SPEEDUP
+    real_per_micro_batch = micro * min(real, seq)
+    speed = real_per_micro_batch / pass_seconds
+    tokens = train.max_steps * train.batch_size * min(real, seq)
     return TrainingCost(weight_bytes(shape, quant.bits, quant.double_quant), adapter_params,
                         adapter_params * state_bytes_per_param, activations, logits, speed, tokens)

@@ -203,7 +203,7 @@ def load_qlora_model(cfg: TrainingConfig, device: torch.device, source: str | No
         from transformers import AutoConfig
 
         model_type = AutoConfig.from_pretrained(source, **_load_kwargs(cfg.model)).model_type
-        kernels = apply_kernels(cfg.train.kernels, model_type, device)
+        kernels = apply_kernels(cfg.train.kernels, model_type, device, compiled=cfg.train.compile)
         log.info("kernels: %s", kernels)
     with phases.phase("load/weights"):
         base = AutoModelForCausalLM.from_pretrained(
@@ -226,9 +226,13 @@ def load_qlora_model(cfg: TrainingConfig, device: torch.device, source: str | No
                 use_gradient_checkpointing=cfg.train.gradient_checkpointing,
                 gradient_checkpointing_kwargs=checkpointing,
             )
+            if not cfg.train.fp32_embeddings:
+                embeddings_to(base, DTYPES[cfg.quant.compute_dtype])
         elif cfg.train.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
             base.enable_input_require_grads()
+        if cfg.train.gradient_checkpointing and cfg.train.uncheckpointed_layers:
+            relax_checkpointing(base, cfg.train.uncheckpointed_layers)
         _sync(device)
     with phases.phase("load/lora"):
         # Adapters are created and initialized where the model is: on a GPU that takes a
@@ -236,9 +240,46 @@ def load_qlora_model(cfg: TrainingConfig, device: torch.device, source: str | No
         # seconds (and longer on the one thread a 1-CPU Ray trial gets).
         with torch.device(device):
             model = _attach_lora(base, cfg, targets)
+        if cfg.train.compile:
+            compile_layers(model)
         _sync(device)
     return QLoRAModel(model=model, tokenizer=tokenizer, device=device, footprint=footprint,
                       target_modules=targets, kernels=kernels)
+
+
+def relax_checkpointing(model: Any, layers: int) -> int:
+    """Turn gradient checkpointing off for the last ``layers`` decoder layers (transformers'
+    ``GradientCheckpointingLayer`` modules, in model order); returns how many were turned off."""
+    checkpointed = decoder_layers(model)
+    relaxed = checkpointed[len(checkpointed) - min(layers, len(checkpointed)):]
+    for layer in relaxed:
+        layer.gradient_checkpointing = False
+    log.info("gradient checkpointing: %d of %d layers, the last %d keep their activations",
+             len(checkpointed) - len(relaxed), len(checkpointed), len(relaxed))
+    return len(relaxed)
+
+
+def embeddings_to(model: Any, dtype: torch.dtype) -> None:
+    """Cast the input embeddings and the LM head to ``dtype`` (``train.fp32_embeddings: false``)."""
+    for module in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
+        module.to(dtype)
+    log.info("embeddings and LM head in %s", str(dtype).removeprefix("torch."))
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The model's decoder layers (transformers' ``GradientCheckpointingLayer`` modules), in order."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def compile_layers(model: Any) -> int:
+    """``torch.compile`` each decoder layer (``train.compile``); compilation happens on first use."""
+    layers = decoder_layers(model)
+    for layer in layers:
+        layer.compile(dynamic=True)
+    log.info("compile: %d decoder layers with torch.compile (compiled on the first steps)", len(layers))
+    return len(layers)
 
 
 def _sync(device: torch.device) -> None:

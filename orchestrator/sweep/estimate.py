@@ -87,11 +87,24 @@ class SweepEstimate:
     """The largest trial's estimated peak memory."""
     unknown: list[str]
     """Models whose shape is unknown (not estimated)."""
+    fast_gpu_hours: float = 0.0
+    """The same sweep trained with :func:`fast_layout`."""
+
+
+FAST_TRAIN_OPTIONS = {"micro_batch_size": "auto", "packing": True, "compile": True}
+"""The trainer's fastest measured layout for short examples (bench/README.md)."""
+
+
+def fast_layout(config: TrialConfig) -> TrialConfig:
+    """``config`` trained with packing, compiled layers and an automatic micro-batch: the same
+    examples per optimizer step (``train.batch_size``), so the same training up to rounding."""
+    train = config.train.model_copy(update={**FAST_TRAIN_OPTIONS, "batch_size": config.train.batch_size})
+    return config.model_copy(update={"train": train})
 
 
 def estimate_sweep(plan: Plan) -> SweepEstimate:
     """Every planned trial costed on one reference GPU (H100 80GB); searched params at the base."""
-    seconds, peak, unknown = 0.0, 0.0, []
+    seconds, fast_seconds, peak, unknown = 0.0, 0.0, 0.0, []
     per_cell = len(plan.spec.seeds) * plan.spec.trials_per_cell_seed
     for cell in plan.cells:
         config = plan.trial_config(cell, plan.spec.seeds[0])
@@ -99,7 +112,8 @@ def estimate_sweep(plan: Plan) -> SweepEstimate:
         if shape is None:
             unknown.append(config.model.name)
             continue
-        trial = estimate_trial(config, shape)
+        trial, fast = estimate_trial(config, shape), estimate_trial(fast_layout(config), shape)
         seconds += trial.seconds * per_cell + trial.baseline_seconds
+        fast_seconds += fast.seconds * per_cell + fast.baseline_seconds
         peak = max(peak, trial.peak_bytes / GIB)
-    return SweepEstimate(plan.total_trials, seconds / 3600, peak, sorted(set(unknown)))
+    return SweepEstimate(plan.total_trials, seconds / 3600, peak, sorted(set(unknown)), fast_seconds / 3600)

@@ -229,3 +229,21 @@ def test_the_estimate_evaluates_a_cells_untuned_base_once() -> None:
     rate = MMLU_QUESTIONS_PER_S_8B * PARAMS_8B / shape.params
     baseline_hours = 5 * 150 / rate / 3600  # 5 cells x 150 perplexity documents
     assert three.gpu_hours == pytest.approx(3 * one.gpu_hours - 2 * baseline_hours)
+
+
+def test_the_estimate_offers_a_fast_layout_of_the_same_examples(monkeypatch, tmp_path: Path) -> None:
+    from qsweep.orchestrator.sweep.estimate import estimate_sweep, fast_layout
+    from qsweep.trainers.cost_model import shape_of, training_cost
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "flan_v2.jsonl").write_text('{"inputs": "a", "targets": "b"}\n')
+    plan = load_plan(SHIPPED / "paper-table4.yaml")
+    config = plan.trial_config(plan.cells[0], 0)
+    fast = fast_layout(config)
+    assert fast.train.batch_size == config.train.batch_size == 16
+    assert fast.train.packing and fast.train.compile and fast.train.auto_layout
+    shape = shape_of(config.model.name)
+    assert training_cost(fast, shape).tokens == training_cost(config, shape).tokens  # the same training
+    estimate = estimate_sweep(plan)
+    assert 0 < estimate.fast_gpu_hours < estimate.gpu_hours / 3

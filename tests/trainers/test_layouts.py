@@ -280,3 +280,74 @@ def test_packing_off_keeps_the_hash_of_configs_written_before_it(tiny_config, va
     off, on = tiny_config(**layout(varied_data)), tiny_config(**layout(varied_data, packing=True))
     assert "packing" not in off.identity()["train"]
     assert on.identity()["train"]["packing"] is True and on.content_hash() != off.content_hash()
+
+
+def checkpointed_layers(setup) -> list[bool]:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m.gradient_checkpointing for m in setup.qlora.model.modules()
+            if isinstance(m, GradientCheckpointingLayer)]
+
+
+def test_relaxed_checkpointing_keeps_the_last_layers_and_gradients(tiny_config, varied_data: Path) -> None:
+    def checkpointing(**train):
+        return prepare(tiny_config(**layout(varied_data, gradient_checkpointing=True, **train)))
+
+    full, relaxed, everything = checkpointing(), checkpointing(uncheckpointed_layers=1), \
+        checkpointing(uncheckpointed_layers=99)
+    layers = len(checkpointed_layers(full))
+    assert layers >= 2 and all(checkpointed_layers(full))
+    assert checkpointed_layers(relaxed) == [True] * (layers - 1) + [False]
+    assert not any(checkpointed_layers(everything))
+
+    micro_batches = [BatchOrder(len(full.examples), 2, seed=0).micro_batch(k) for k in range(4)]
+    full_loss, full_grads = step_loss_and_grads(full, micro_batches)
+    relaxed_loss, relaxed_grads = step_loss_and_grads(relaxed, micro_batches)
+    assert relaxed_loss == pytest.approx(full_loss, rel=1e-6)
+    assert full_grads.keys() == relaxed_grads.keys() and len(full_grads) > 0
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(relaxed_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_relaxed_checkpointing_is_not_part_of_the_identity(tiny_config, varied_data: Path) -> None:
+    full = tiny_config(**layout(varied_data, gradient_checkpointing=True))
+    relaxed = tiny_config(**layout(varied_data, gradient_checkpointing=True, uncheckpointed_layers=3))
+    assert relaxed.content_hash() == full.content_hash()
+
+
+def test_compiled_layers_give_the_plain_step_loss_and_lora_gradients(tiny_config, varied_data: Path) -> None:
+    from qsweep.trainers.model import decoder_layers
+
+    plain = prepare(tiny_config(**layout(varied_data)))
+    compiled = prepare(tiny_config(**layout(varied_data, compile=True)))
+    assert all(layer._compiled_call_impl is not None for layer in decoder_layers(compiled.qlora.model))
+    assert all(layer._compiled_call_impl is None for layer in decoder_layers(plain.qlora.model))
+    micro_batches = [BatchOrder(len(plain.examples), 2, seed=0).micro_batch(k) for k in range(2)]
+    plain_loss, plain_grads = step_loss_and_grads(plain, micro_batches)
+    compiled_loss, compiled_grads = step_loss_and_grads(compiled, micro_batches)
+    assert compiled_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert plain_grads.keys() == compiled_grads.keys() and len(plain_grads) > 0
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert tiny_config(**layout(varied_data, compile=True)).content_hash() == \
+        tiny_config(**layout(varied_data)).content_hash()
+
+
+def test_embeddings_in_the_compute_dtype_train_with_norms_in_fp32(tiny_config, varied_data: Path,
+                                                                 tmp_path: Path) -> None:
+    def bf16(fp32_embeddings: bool):
+        return tiny_config(**layout(varied_data, fp32_embeddings=fp32_embeddings, max_steps=2),
+                           quant={"compute_dtype": "bf16"})
+
+    upcast, kept = prepare(bf16(True)), prepare(bf16(False))
+    for setup, dtype in ((upcast, torch.float32), (kept, torch.bfloat16)):
+        model = setup.qlora.model
+        assert model.get_input_embeddings().weight.dtype == dtype
+        assert model.get_output_embeddings().weight.dtype == dtype
+        norms = [p for name, p in model.named_parameters() if "norm" in name]
+        assert norms and all(p.dtype == torch.float32 for p in norms)
+    # it changes what is computed: a trial of its own, and it trains
+    assert bf16(False).content_hash() != bf16(True).content_hash()
+    assert "fp32_embeddings" not in bf16(True).identity()["train"]
+    result = train(bf16(False), tmp_path / "bf16")
+    assert [m.step for m in result.history] == [1, 2] and all(np.isfinite(m.loss) for m in result.history)

@@ -112,4 +112,7 @@ def describe_estimate(estimate: Any) -> str:
         text += " — more than one 80 GB GPU holds: use larger GPUs, or checkpointing / a smaller micro-batch"
     if estimate.unknown:
         text += f" (not counted: {', '.join(estimate.unknown)}, shape unknown)"
+    if estimate.fast_gpu_hours and estimate.fast_gpu_hours < 0.8 * estimate.gpu_hours:
+        text += (f"\nwith train.packing, train.compile and train.micro_batch_size auto (the same examples "
+                 f"per step; bench/README.md): about {estimate.fast_gpu_hours:,.1f} GPU-hours")
     return text

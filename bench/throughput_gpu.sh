@@ -1,0 +1,58 @@
+# Issue 11's GPU measurements in two calls of the lent H100 (each under 10 minutes), from the
+# project root with .device-site/ and .device-assets/ carried (bench/README.md):
+#
+#   bash bench/throughput_gpu.sh short     # 32 short examples a step: relaxed checkpointing,
+#                                          # no checkpointing, and the two experiments
+#   bash bench/throughput_gpu.sh compiled  # the same with compiled layers, embeddings in bf16
+#   bash bench/throughput_gpu.sh seq1024   # sequence length 1024: the qlora.py defaults'
+#                                          # memory and unconstrained, against the plain loop
+#
+# Results land in $OUT (default bench/results/latest).
+OUT=${OUT:-bench/results/latest}
+mkdir -p "$OUT" /tmp/site
+source bench/gpu_setup.sh
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
+case "$1" in
+  short)
+    timeout 270 python3 bench/layouts.py --steps 10 --variants \
+      micro32,packed32-liger,packed32-liger-relax4,packed32-liger-relax8,packed32-liger-nockpt \
+      --repeats 1 --out "$OUT/relaxed32.json" > "$OUT/relaxed32.log" 2>&1
+    timeout 80 python3 bench/profile_step.py --no-profile --bf16-embeddings --out "$OUT/bf16_embeddings.json" \
+      train.micro_batch_size=32 train.grad_accum_steps=1 train.packing=true train.kernels=auto \
+      > "$OUT/bf16_embeddings.log" 2>&1
+    timeout 120 python3 bench/profile_step.py --no-profile --compile-layers --warmup 4 --out "$OUT/compiled.json" \
+      train.micro_batch_size=32 train.grad_accum_steps=1 train.packing=true \
+      > "$OUT/compiled.log" 2>&1
+    ;;
+  compiled)
+    timeout 540 python3 bench/layouts.py --steps 10 --warmup 3 --variants \
+      micro32,packed32,packed32-compile,packed32-compile-bf16emb,packed32-compile-bf16emb-relax4,packed32-compile-liger-bf16emb,packed16,packed16-compile-bf16emb,packed32-compile-bf16emb-nockpt \
+      --repeats 1 --out "$OUT/compiled32.json" > "$OUT/compiled32.log" 2>&1
+    ;;
+  final)   # what the first three calls left open, in one call
+    timeout 60 python3 bench/train_throughput.py --model-dir /tmp/llama3-8b --steps 8 --impls reference \
+      --configs qlora-defaults --out "$OUT/seq1024_reference.json" > "$OUT/seq1024_reference.log" 2>&1
+    timeout 210 python3 bench/train_throughput.py --model-dir /tmp/llama3-8b --steps 8 --impls qsweep \
+      --configs qlora-mb2-compile-bf16emb,nf4dq-mb4-compile-bf16emb \
+      --out "$OUT/seq1024_compiled.json" > "$OUT/seq1024_compiled.log" 2>&1
+    timeout 200 python3 bench/layouts.py --steps 10 --warmup 3 --variants \
+      packed32-compile-flce,packed32-compile-bf16emb-nockpt \
+      --repeats 1 --out "$OUT/compiled32_flce.json" > "$OUT/compiled32_flce.log" 2>&1
+    ;;
+  last)   # sequence length 1024 at its true length, within the qlora.py defaults' memory; compile again
+    timeout 190 python3 bench/train_throughput.py --model-dir /tmp/llama3-8b --steps 8 \
+      --configs qlora-defaults --out "$OUT/seq1024_defaults.json" > "$OUT/seq1024_defaults.log" 2>&1
+    timeout 110 python3 bench/train_throughput.py --model-dir /tmp/llama3-8b --steps 8 --impls qsweep \
+      --configs qlora-mb2-liger,qlora-mb4-liger --out "$OUT/seq1024_liger.json" > "$OUT/seq1024_liger.log" 2>&1
+    timeout 150 python3 bench/layouts.py --steps 10 --warmup 3 --variants packed32,packed32-compile \
+      --repeats 1 --out "$OUT/compiled32_again.json" > "$OUT/compiled32_again.log" 2>&1
+    ;;
+  seq1024)
+    timeout 200 python3 bench/train_throughput.py --model-dir /tmp/llama3-8b --steps 8 \
+      --configs qlora-defaults,nf4dq-mb4 --out "$OUT/seq1024_reference.json" > "$OUT/seq1024_reference.log" 2>&1
+    timeout 340 python3 bench/train_throughput.py --model-dir /tmp/llama3-8b --steps 8 --impls qsweep \
+      --configs qlora-mb2-liger,qlora-mb2-compile-bf16emb,qlora-mb4-liger,nf4dq-mb4-liger,nf4dq-mb4-compile-bf16emb,nf4dq-mb8-liger-relax16 \
+      --out "$OUT/seq1024_qsweep.json" > "$OUT/seq1024_qsweep.log" 2>&1
+    ;;
+esac
+tail -n 30 "$OUT"/*.log
