@@ -119,6 +119,7 @@ def test_the_mlflow_ui_shows_the_sweep_its_trials_and_the_report(demo: dict[str,
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     client = MlflowClient(demo["uri"])
@@ -127,9 +128,12 @@ def test_the_mlflow_ui_shows_the_sweep_its_trials_and_the_report(demo: dict[str,
     children = client.search_runs([experiment.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     child = children[0]
+    # child runs named by the cell that differs, then the seed
+    assert sorted(c.info.run_name for c in children) == sorted(f"{d} · seed 0" for d in DATA_TYPES)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
+    # wide: the runs table renders only the columns in view
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=2400,1000"):
         options.add_argument(argument)
     browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -156,8 +160,31 @@ def test_the_mlflow_ui_shows_the_sweep_its_trials_and_the_report(demo: dict[str,
         browser.find_element(By.XPATH, expander).click()
         page_shows(*(c.info.run_name for c in children))
         browser.save_screenshot(str(ARTIFACTS / "mlflow-sweep.png"))
+        # grouped by the ablation axis (a param), the untuned perplexity beside the tuned accuracy
+        assistant = "//button[@data-component-id='mlflow.assistant.chat_panel.close']"
+        for close in browser.find_elements(By.XPATH, assistant):  # a side panel over the table
+            close.click()
+        browser.find_element(By.XPATH, "//button[contains(@data-component-id, 'groupbyselector')]").click()
+        page_shows("axis.data_type")
+        [option] = [e for e in browser.find_elements(By.XPATH, "//*[@role='menuitemcheckbox']")
+                    if e.text.strip() == "axis.data_type"]
+        option.click()
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        browser.find_element(By.XPATH, "//button[contains(@data-component-id, 'columnselector')]").click()
+        for metric in ("eval_base/perplexity", "eval/mmlu_offline/acc"):
+            page_shows(metric)
+            checkbox = (f"//span[contains(@class, 'tree-title') and text()='{metric}']"
+                        "/ancestor::*[contains(@class, 'treenode')][1]//*[contains(@class, 'tree-checkbox')]")
+            browser.find_element(By.XPATH, checkbox).click()
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        page_shows("Group by: axis.data_type", *(f"Group: {d}" for d in DATA_TYPES),
+                   "eval_base/perplexity", "eval/mmlu_offline/acc")
+        browser.save_screenshot(str(ARTIFACTS / "mlflow-grouped.png"))
+        visit(f"{base}/runs/{parent.info.run_id}")  # the sweep's answer on its parent run
+        page_shows("Description", "Table 2: perplexity of the quantized base model", "Table 4", *DATA_TYPES)
         visit(f"{base}/runs/{child.info.run_id}")  # a trial: its metrics, params, parent
-        page_shows(child.info.run_name, "eval/perplexity", "train/loss", "quant.type", "Parent run")
+        page_shows(child.info.run_name, "eval/perplexity", "eval_base/perplexity", "train/loss", "quant.type",
+                   "axis.data_type", "Parent run")
         visit(f"{base}/runs/{child.info.run_id}/artifacts")
         page_shows("adapter", "config.yaml", "environment.json")
         visit(f"{base}/runs/{parent.info.run_id}/artifacts/report/table2.md")  # the report

@@ -13,19 +13,23 @@ secret-looking query values of any URI before it is printed or logged.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from qsweep.trainers.errors import TrackingUnavailable
 from qsweep.trainers.hub import PROBE_TIMEOUT_S
+
+log = logging.getLogger("qsweep")
 
 _SECRET_KEYS = ("token", "password", "passwd", "secret", "key", "auth", "credential", "sig")
 
@@ -248,6 +252,46 @@ class MlflowTracker:
         """``run_id``'s artifacts under ``path`` into the directory ``into``; returns their folder."""
         into.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, path, str(into)))
+
+    def log_dataset(self, name: str, source: str, digest: str, context: str = "training") -> None:
+        """Record the run's data as an MLflow dataset input (the runs table's Dataset column): a
+        name, where it comes from (a hub id or a local path) and its content digest. Logged once."""
+        from mlflow.data.http_dataset_source import HTTPDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        logged = self.client.get_run(self.run_id).inputs.dataset_inputs
+        if any(d.dataset.digest == digest[:36] for d in logged):
+            return
+        dataset = MetaDataset(HTTPDatasetSource(source), name=name, digest=digest[:36])
+        tags = [InputTag(key="mlflow.data.context", value=context)]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+
+    @contextlib.contextmanager
+    def system_metrics(self, interval_s: float = 5.0) -> Iterator[None]:
+        """Log CPU, memory, disk and (with nvidia-ml-py) GPU utilisation and memory as
+        ``system/*`` metrics every ``interval_s`` while the block runs and once at its end; a
+        retried run continues the steps where its last attempt stopped (no step logged twice)."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = None
+        try:
+            monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=True,
+                                           tracking_uri=self.uri)
+            monitor.start()
+        except Exception as err:  # noqa: BLE001 - a trial runs without system metrics
+            log.warning("system metrics are off: %s", err)
+        try:
+            yield
+        finally:
+            if monitor is not None:
+                monitor.finish()
+                try:  # one last sample: the end of the block, and the only one of a short block
+                    monitor.collect_metrics()
+                    monitor.publish_metrics(monitor.aggregate_metrics())
+                    monitor.mlflow_logger.flush()
+                except Exception as err:  # noqa: BLE001 - the trial's records matter more
+                    log.warning("system metrics: the last sample was not logged: %s", err)
 
     def finish(self, status: str) -> None:
         """End the run: FINISHED, FAILED or KILLED."""

@@ -148,7 +148,7 @@ def status_rows(plan: Plan, store: Any) -> list[dict[str, Any]]:
     """One row per planned trial slot: cell, seed, number, state, objectives, duration, run id."""
     rows = []
     existing = store.existing_study_names()
-    varying = {axis.name for axis in plan.spec.axes() if len(axis.values) > 1}
+    varying = plan.varying_axes()
     for planned in plan.studies():
         records = [r for r in (store.trials(planned) if planned.name in existing else [])
                    if r.state != "WAITING"]  # queued parameters not asked yet: still pending

@@ -147,9 +147,10 @@ class RunLedger:
                 "qsweep.optuna_study": planned.name, "qsweep.optuna_trial": str(record.number),
                 "qsweep.status": "scheduled",
                 **{f"qsweep.axis.{axis}": label for axis, label in planned.cell.labels.items()}}
-        name = f"{planned.cell.describe()} seed={planned.seed} #{record.number}"
-        run = MlflowTracker.start(self.uri, self.experiment, name, tags=tags,
-                                  parent_run_id=self.parent.run_id)
+        run = MlflowTracker.start(self.uri, self.experiment, self.plan.run_name(planned, record.number),
+                                  tags=tags, parent_run_id=self.parent.run_id)
+        # the ablation axes as params: parallel coordinates and grouped tables take params
+        run.log_params({f"axis.{axis}": label for axis, label in planned.cell.labels.items()})
         self.children[key] = run.run_id
         return run
 

@@ -101,6 +101,20 @@ class Plan:
     def total_trials(self) -> int:
         return len(self.cells) * len(self.spec.seeds) * self.spec.trials_per_cell_seed
 
+    def varying_axes(self) -> set[str]:
+        """The grid axes with more than one value (those that tell cells apart)."""
+        return {axis.name for axis in self.spec.axes() if len(axis.values) > 1}
+
+    def run_name(self, planned: StudyPlan, number: int) -> str:
+        """What the trial's MLflow run is called: the labels of the axes that vary, then the
+        seed, then the trial number when a search runs several (``NF4+DQ · seed 0``)."""
+        varying = self.varying_axes()
+        parts = [label for axis, label in planned.cell.labels.items() if axis in varying] or ["base"]
+        parts.append(f"seed {planned.seed}")
+        if self.spec.trials_per_cell_seed > 1:
+            parts.append(f"trial {number}")
+        return " · ".join(parts)
+
     def trial_config(self, cell: Cell, seed: int, params: dict[str, Any] | None = None) -> TrialConfig:
         """The config of one trial: the cell's settings, the seed and the sampled params."""
         data = apply_overrides(self.base, {**cell.settings, "train.seed": seed, **(params or {})})

@@ -6,10 +6,14 @@ through ``tracker``. A plain function: no Ray and no Optuna; the sweep runner wr
 What the tracker receives:
 
 * params: the flattened trial config (``quant.type``, ``lora.r``, ...);
+* params: settings that do not apply to the run are ``n/a`` (the 4-bit type of a 16-bit base);
 * metrics: ``train/*`` at every step; ``model/*`` footprint at step 0; ``eval/*`` at the last
-  step, and at step 0 for the untuned base when ``eval.baseline`` is on; ``time/<phase>_s``
+  step, and at step 0 for the untuned base when ``eval.baseline`` is on (also named
+  ``eval_base/*``, so tables show it beside the tuned value); ``system/*`` (CPU, memory,
+  GPU utilisation and memory) every 5 s while the trial computes; ``time/<phase>_s``
   (``qsweep.trainers.phases``) at the end, and ``time/pruning_eval_s`` with each intermediate
   evaluation;
+* inputs: the training data as an MLflow dataset (name, source, content digest);
 * artifacts: ``config.yaml``, ``environment.json``, ``adapter/`` (peft, safetensors),
   ``eval/results.json`` (lm-eval's), ``eval/baseline/results.json``, ``traceback.txt`` on failure;
   ``result.json`` in the work directory (status, phases, training summary, metrics);
@@ -27,6 +31,7 @@ histories stay complete, without duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import traceback
@@ -82,6 +87,8 @@ class Tracker(Protocol):
     def last_logged_step(self, metric: str) -> int: ...
     def runs_tagged(self, tag: str, value: str) -> list[str]: ...
     def download_artifacts(self, run_id: str, path: str, into: Path) -> Path: ...
+    def log_dataset(self, name: str, source: str, digest: str, context: str = "training") -> None: ...
+    def system_metrics(self, interval_s: float = 5.0) -> contextlib.AbstractContextManager[None]: ...
 
 
 @dataclass
@@ -192,7 +199,7 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
         with phases.phase("record"):
             tracker.set_tags({"qsweep.status": TrialStatus.RUNNING, "qsweep.trial_hash": cfg.content_hash(),
                               "qsweep.data_type": cfg.quant.label})
-            tracker.log_params(cfg.flat())
+            tracker.log_params(run_params(cfg))
             config_file = workdir / "config.yaml"
             config_file.write_text(yaml.safe_dump(redacted_config(cfg), sort_keys=False))
             tracker.log_artifact(config_file)
@@ -202,7 +209,8 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
             fingerprint = workdir / "environment.json"
             fingerprint.write_text(json.dumps(environment_fingerprint(data.data_sha256), indent=1))
             tracker.log_artifact(fingerprint)
-        with gpu_turns or NoTurns() as turns:
+            tracker.log_dataset(*dataset_input(cfg, data.data_sha256))
+        with gpu_turns or NoTurns() as turns, tracker.system_metrics():
             with phases.phase("wait"):
                 turns.wait_to_load(memory_needs(cfg, data.source))
             computed = _compute(cfg, data, tracker, workdir, phases, on_step, pruning, turns, before_step)
@@ -329,7 +337,7 @@ def _baseline(cfg: TrialConfig, tracker: Tracker, workdir: Path, phases: PhaseCl
         log.info("untuned base (step 0): the evaluation of run %s, the same base under another seed",
                  recorded.run_id)
         with phases.phase("record"):
-            tracker.log_metrics(recorded.metrics, step=0)
+            tracker.log_metrics({**recorded.metrics, **baseline_names(recorded.metrics)}, step=0)
             tracker.log_artifact(recorded.directory, BASELINE_ARTIFACTS)
             tracker.set_tags({KEY_TAG: key, SOURCE_TAG: recorded.run_id})
         return recorded.metrics
@@ -337,11 +345,41 @@ def _baseline(cfg: TrialConfig, tracker: Tracker, workdir: Path, phases: PhaseCl
     with phases.phase("baseline_eval"), model.disable_adapter():
         outcome = evaluate()
     with phases.phase("record"):
-        tracker.log_metrics(outcome.metrics, step=0)
+        tracker.log_metrics({**outcome.metrics, **baseline_names(outcome.metrics)}, step=0)
         for path in outcome.write(workdir / "eval" / "baseline"):
             tracker.log_artifact(path, BASELINE_ARTIFACTS)
         tracker.set_tags({KEY_TAG: key})  # last: the evaluation is complete in MLflow
     return outcome.metrics
+
+
+NOT_APPLICABLE = "n/a"
+BASELINE_PREFIX = "eval_base/"
+
+
+def run_params(cfg: TrialConfig) -> dict[str, Any]:
+    """The run's params: the flattened config, with the settings that do not apply to it as
+    ``n/a`` (a 16- or 8-bit base has no 4-bit type or double quantization), so that parallel
+    coordinates and grouped tables do not draw it through values it never used."""
+    params = cfg.flat()
+    if cfg.quant.bits != 4:
+        params.update({"quant.type": NOT_APPLICABLE, "quant.double_quant": NOT_APPLICABLE})
+    return params
+
+
+def baseline_names(metrics: dict[str, float]) -> dict[str, float]:
+    """The untuned base's ``eval/...`` metrics under their own names (``eval_base/...``): the
+    runs table, compare views and parallel coordinates show a metric's latest value, so the
+    step-0 values need names of their own to stand beside the tuned ones."""
+    return {BASELINE_PREFIX + name.removeprefix("eval/"): value for name, value in metrics.items()
+            if name.startswith("eval/")}
+
+
+def dataset_input(cfg: TrialConfig, digest: str) -> tuple[str, str, str]:
+    """(name, source, digest) of the training data, for the run's MLflow dataset input."""
+    if cfg.data.path is not None:
+        return Path(cfg.data.path).name, str(cfg.data.path), digest
+    name = cfg.data.name or "data"
+    return name, f"qsweep data recipe {name}", digest
 
 
 def _release_accelerator_memory() -> None:

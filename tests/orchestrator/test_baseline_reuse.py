@@ -71,3 +71,8 @@ def test_seeds_of_a_cell_share_one_step0_evaluation(mlflow_server: str, tiny_con
     again = run_trial(config(1), MlflowTracker.attach(mlflow_server, second.run_id), tmp_path / "seed1")
     assert "baseline_eval" not in again.phases and again.baseline_metrics == first_result.baseline_metrics
     assert len(_step0(client, second.run_id, "eval/perplexity")) == 1
+    # the untuned values under names of their own, beside the tuned ones (once, copied or not)
+    for run in (first, second):
+        base = _step0(client, run.run_id, "eval_base/perplexity")
+        assert base == _step0(client, run.run_id, "eval/perplexity") and len(base) == 1
+    assert len(client.get_metric_history(second.run_id, "eval_base/perplexity")) == 1

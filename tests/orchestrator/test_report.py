@@ -90,6 +90,11 @@ n = 2-3 seeds; Mean: over columns per seed, then a t-interval over seeds)
                                 "tags.`qsweep.role` = 'sweep'")[0]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/table4.md", "report/table4.tex", "report/table4.csv", "report/table4.png"} <= logged
+    # the parent carries the answer: the tables as its description, each cell's mean as a metric
+    parent = client.get_run(parent.info.run_id)
+    assert parent.data.tags["mlflow.note.content"] == "# golden\n\n" + (out / "table4.md").read_text()
+    assert parent.data.metrics["report/table4/NF4_DQ/7B / alpaca"] == pytest.approx(39.2333, abs=1e-3)
+    assert parent.data.metrics["report/table4/FP4/7B / flan"] == pytest.approx(44.00, abs=1e-2)
 
 
 def test_table2_takes_the_step_0_values(sweep_store: str, tmp_path: Path) -> None:

@@ -156,6 +156,18 @@ def test_grid_sweep_survives_a_killed_driver_with_every_cell_exactly_once(
     labels = Counter((r.data.tags["qsweep.axis.quant.type"], r.data.tags["qsweep.axis.quant.double_quant"])
                      for r in runs)
     assert labels == {(t, d): 2 for t in ("nf4", "fp4") for d in ("true", "false")}
+    # named by what varies, then the seed; the axes as params (parallel coordinates, grouping)
+    assert sorted(r.info.run_name for r in runs) == sorted(
+        f"{t} · {d} · seed {s}" for t in ("nf4", "fp4") for d in ("true", "false") for s in (0, 1))
+    for run in runs:
+        tags, params = run.data.tags, run.data.params
+        assert params["axis.quant.type"] == tags["qsweep.axis.quant.type"]
+        assert params["axis.quant.double_quant"] == tags["qsweep.axis.quant.double_quant"]
+        for key in (k for k in run.data.metrics if k.startswith("system/")):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (key, steps)  # through kills and resumes: no step twice
+    # sampled every 5 s while a trial computes, and at its end
+    assert all("system/cpu_utilization_percentage" in r.data.metrics for r in runs)
     resumed = {f"{r.data.tags['qsweep.cell']}-seed{r.data.tags['qsweep.seed']}-t0": r for r in runs
                if int(r.data.tags.get("qsweep.resumed_from_step", 0)) > 0}
     assert resumed and set(resumed) <= interrupted  # interrupted trials continued from checkpoints

@@ -74,8 +74,10 @@ def publish(uri: str, experiment: str, sweep: str, layouts: list[Any], out: Path
     metrics = sorted({layout.metric for layout in layouts} | {"train/peak_memory_bytes"})
     records = read_sweep(uri, experiment, sweep, metrics)
     parent = MlflowTracker.attach(uri, records.parent_run_id) if log else None
+    summary: list[str] = []
     for layout in layouts:
         table, comparison, files = write_report(records, layout, out)
+        summary.append(files[0].read_text())  # the table in Markdown, with its comparison
         console.print(report_title(table), highlight=False)
         console.print(report_table(table))
         for note in table.footnotes():
@@ -85,8 +87,30 @@ def publish(uri: str, experiment: str, sweep: str, layouts: list[Any], out: Path
         if parent is not None:
             for path in files:
                 parent.log_artifact(path, "report")
+        if parent is not None:
+            parent.log_metrics(cell_means(layout.name, table), step=0)
         logged = f"; logged on parent run {records.parent_run_id}" if parent is not None else ""
         console.print(f"wrote {', '.join(p.name for p in files)} to {out}{logged}", highlight=False)
+    if parent is not None and summary:
+        # the parent run's description (MLflow's note), Markdown as the UI renders it
+        parent.set_tags({"mlflow.note.content": f"# {sweep}\n\n" + "\n".join(summary)})
+
+
+def cell_means(name: str, table: Any) -> dict[str, float]:
+    """Each cell's mean (as the table shows it, scaled) as a metric of the parent run:
+    ``report/<table>/<row>`` or ``report/<table>/<row>/<column>``, characters MLflow refuses in
+    names (``+``) as ``_``."""
+    import math
+    import re
+
+    metrics = {}
+    for (row, column), cell in table.cells.items():
+        if cell.estimate.n == 0 or math.isnan(cell.estimate.mean):
+            continue
+        name_parts = [name, row, *([column] if table.column_axes else [])]
+        metric = re.sub(r"[^\w./\- :]", "_", "report/" + "/".join(name_parts))
+        metrics[metric] = cell.estimate.mean * table.scale
+    return metrics
 
 
 def run(args: argparse.Namespace) -> int:

@@ -42,6 +42,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     console.print(f"MLflow UI for {args.root.resolve()} at http://{args.host}:{args.port} "
                   "(Ctrl-C stops it)", highlight=False)
+    console.print("qsweep's experiments open on their runs table (model training). An experiment made "
+                  "by another tool may open in the GenAI view: switch it with the experiment type "
+                  "toggle at the top of its page. Child runs are named by their cell and seed; "
+                  "eval_base/* columns hold the untuned base, eval/* the tuned model; group the "
+                  "table by a param axis.* to compare cells.", highlight=False)
     # The job runner serves MLflow's GenAI features (none used here) with 7 more processes.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     try:
