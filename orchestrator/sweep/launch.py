@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qsweep.orchestrator.sweep.planning import Plan
+from qsweep.orchestrator.sweep.planning import Plan, growth, load_plan
 from qsweep.orchestrator.sweep.sweep_dir import SweepDir, SweepState
 from qsweep.trainers.errors import ConfigError
 from qsweep.trainers.status import TrialStatus
@@ -30,6 +30,8 @@ class PreparedSweep:
     optuna_url: str
     tracking_uri: str
     experiment: str
+    grown: str | None = None
+    """What this spec added to an existing sweep (``planning.growth``), when it did."""
     placement: str = ""
     _store: Any = None
     _cluster: Any = None
@@ -123,10 +125,15 @@ def prepare_sweep(plan: Plan, root: Path) -> PreparedSweep:
 
     directory = SweepDir.of(root, plan.spec.name)
     existing = directory.load() if directory.exists() else None
+    grown = None
     if existing is not None and existing.fingerprint != plan.fingerprint():
-        raise ConfigError([("", f"sweep {plan.spec.name!r} exists in {directory.path} with a different "
-                                "plan (cells, seeds, search or objectives changed); give this spec another "
-                                "name, or remove that directory to start over")], plan.source)
+        grown = growth(load_plan(directory.spec_file), plan)
+        if grown is None:
+            raise ConfigError([("", f"sweep {plan.spec.name!r} exists in {directory.path} with a different "
+                                    "plan: a sweep grows by more seeds, grid values or search trials, but "
+                                    "this spec changes cells it has (their settings or the base config), "
+                                    "removes some, or changes the search or the objectives; give this spec "
+                                    "another name, or remove that directory to start over")], plan.source)
     optuna_url, tracking, experiment = resolve_storage(plan, directory, root)
     if not optuna_url.startswith("sqlite"):
         check_storage(optuna_url)
@@ -139,9 +146,11 @@ def prepare_sweep(plan: Plan, root: Path) -> PreparedSweep:
             hub.require_hub(f"the data of lm-eval tasks {', '.join(evaluation.needs_hub)}",
                             offline_hint=OFFLINE_TASKS_HINT)
     state = existing or directory.create(plan)
+    if existing is not None and grown is not None:
+        directory.grow(state, plan)
     state.optuna, state.tracking = redact(optuna_url), redact(tracking)
     directory.save(state)
-    return PreparedSweep(plan, directory, state, optuna_url, tracking, experiment)
+    return PreparedSweep(plan, directory, state, optuna_url, tracking, experiment, grown=grown)
 
 
 def status_rows(plan: Plan, store: Any) -> list[dict[str, Any]]:

@@ -66,6 +66,8 @@ class RunLedger:
                 self._describe_parent(parent)
             self.state.parent_run_id = parent.run_id
             self.directory.save(self.state)
+        if parent.client.get_run(parent.run_id).data.tags.get("qsweep.fingerprint") != self.state.fingerprint:
+            self._describe_parent(parent)  # the sweep grew: its new spec, plan and size
         self.parent = parent
         return parent
 
@@ -83,7 +85,8 @@ class RunLedger:
         })
         fingerprint = environment_fingerprint()
         parent.set_tags({"qsweep.project_commit": str(fingerprint["project_commit"]),
-                         "qsweep.fingerprint": self.state.fingerprint})
+                         "qsweep.fingerprint": self.state.fingerprint,
+                         "qsweep.trials": str(self.plan.total_trials)})  # params stay as first logged
         redacted = self.directory.path / "spec.redacted.yaml"
         text = self.directory.spec_file.read_text()
         base_uri = self.plan.base.get("tracking", {}).get("uri")

@@ -128,6 +128,30 @@ class Plan:
         return json_sha256(content, compact=False)
 
 
+def growth(old: Plan, new: Plan) -> str | None:
+    """What ``new`` adds to the sweep ``old`` planned ("1 seed, 2 cells"), or None when it does
+    more than add: a sweep grows by new seeds, new cells (grid values) and more search trials per
+    cell and seed; any change to the cells it has (their settings, the base config), a removed
+    seed or cell, another search space or other objectives make it another sweep."""
+    old_cells, new_cells = {c.hash for c in old.cells}, {c.hash for c in new.cells}
+    old_seeds, new_seeds = set(old.spec.seeds), set(new.spec.seeds)
+    if not (old_cells <= new_cells and old_seeds <= new_seeds):
+        return None
+    if [o.model_dump() for o in old.spec.objectives] != [o.model_dump() for o in new.spec.objectives]:
+        return None
+    if (old.spec.search is None) != (new.spec.search is None):
+        return None
+    if old.spec.search is not None and new.spec.search is not None:
+        before, after = old.spec.search.model_dump(mode="json"), new.spec.search.model_dump(mode="json")
+        if before.pop("n_trials") > after.pop("n_trials") or before.pop("enqueue") != after.pop("enqueue") \
+                or before != after:
+            return None
+    added = [(len(new_seeds - old_seeds), "seed", "seeds"), (len(new_cells - old_cells), "cell", "cells"),
+             (new.spec.trials_per_cell_seed - old.spec.trials_per_cell_seed,
+              "search trial per cell and seed", "search trials per cell and seed")]
+    return ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in added if n) or "nothing"
+
+
 def resolve_spec_path(name: str | Path) -> Path:
     """A spec file path, or the name of a spec shipped in ``sweeps/`` (``demo``)."""
     path = Path(name)

@@ -88,6 +88,14 @@ class SweepDir:
         return state
 
 
+    def grow(self, state: SweepState, plan: Plan) -> None:
+        """Take ``plan``, which extends the sweep's (``planning.growth``): its spec snapshot, then
+        its fingerprint (last, so that a crash in between leaves a sweep that grows again)."""
+        self.spec_file.write_text(yaml.safe_dump(snapshot(plan), sort_keys=False))
+        state.fingerprint, state.spec_source = plan.fingerprint(), plan.source
+        self.save(state)
+
+
 def snapshot(plan: Plan) -> dict:
     """The spec as self-contained data: the base config merged into ``trial``."""
     data = plan.spec.model_dump(mode="json")

@@ -142,7 +142,7 @@ def optuna_states(driver: SweepDriver) -> dict[str, list[str]]:
 
 def trial_runs(driver: SweepDriver) -> dict[str, Any]:
     client = MlflowClient(driver.ledger.uri)
-    experiment = client.get_experiment_by_name("fake").experiment_id
+    experiment = client.get_experiment_by_name(driver.ledger.experiment).experiment_id
     runs = client.search_runs([experiment], "tags.`qsweep.role` = 'trial'")
     return {run.data.tags["qsweep.trial_key"]: run for run in runs}
 
@@ -317,3 +317,57 @@ def test_status_lists_the_sweeps_and_names_them_for_an_unknown_one(sweep, tmp_pa
     trials = capsys.readouterr().out
     assert "train/final_loss" in trials  # the objective column is headed by its metric
     assert all(len(line) <= 80 for line in trials.splitlines()), trials
+
+
+def test_a_sweep_grows_by_seeds_and_grid_values_without_rerunning_what_ended(tmp_path: Path,
+                                                                             tiny_trial) -> None:
+    """``qsweep run`` of a spec that adds seeds and grid values to an existing sweep runs only the
+    new trials; one that changes what the sweep has is refused, nothing recorded lost."""
+    from qsweep.orchestrator.sweep.launch import prepare_sweep
+    from qsweep.trainers.errors import ConfigError
+
+    def spec(seeds: list[int], data_types: dict[str, Any], r: int = 4) -> Any:
+        path = tmp_path / "grow.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": "grow", "seeds": seeds, "grid": {"data_type": data_types},
+            "trial": tiny_trial(lora={"r": r}, train={"max_steps": 2, "grad_accum_steps": 1},
+                                eval={"tasks": []}),
+            "storage": {"tracking": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "grow"}}))
+        return load_plan(path)
+
+    def run(plan: Any) -> tuple[SweepDriver, FakeCluster, Any]:
+        prepared = prepare_sweep(plan, tmp_path / "runs")
+        cluster = FakeCluster(lambda request, attempt: finished(request))
+        directory = prepared.directory
+        ledger = RunLedger(prepared.tracking_uri, prepared.experiment, plan, directory, prepared.state)
+        store = StudyStore(prepared.optuna_url, plan.spec)
+        driver = SweepDriver(plan, directory, store, ledger, cluster, concurrency=2,
+                             resources=TrialResources(gpus=0, cpus=1), trial_fn=lambda *_: None, poll_s=0.01)
+        driver.recover()
+        driver.run()
+        return driver, cluster, prepared
+
+    two = {"NF4": {"quant.type": "nf4"}, "FP4": {"quant.type": "fp4"}}
+    first, cluster, prepared = run(spec([0], two))
+    assert prepared.grown is None and len(cluster.requests) == 2
+    before = {key: run.info.run_id for key, run in trial_runs(first).items()}
+
+    three = {**two, "FP4 no DQ": {"quant.type": "fp4", "quant.double_quant": False}}
+    grown, cluster, prepared = run(spec([0, 1], three))
+    assert prepared.grown == "1 seed, 1 cell"
+    assert sorted(label(r) + str(r.config["quant"]["double_quant"]) for r in cluster.requests) == [
+        "fp4/0False", "fp4/1False", "fp4/1True", "nf4/1True"]  # only the new (cell, seed) pairs
+    runs = trial_runs(grown)
+    assert len(runs) == 6 and {key: runs[key].info.run_id for key in before} == before
+    assert sorted(len(states) for states in optuna_states(grown).values()) == [1] * 6
+    parent = MlflowClient(grown.ledger.uri).get_run(grown.parent.run_id)
+    assert parent.info.run_id == first.parent.run_id and parent.data.tags["qsweep.trials"] == "6"
+    assert prepared.directory.load().fingerprint == load_plan(prepared.directory.spec_file).fingerprint()
+
+    again, cluster, prepared = run(spec([0, 1], three))  # the same spec again: nothing to run
+    assert prepared.grown is None and cluster.requests == []
+
+    for changed in (spec([0, 1], three, r=8), spec([1], three), spec([0, 1], two)):
+        with pytest.raises(ConfigError, match="grows by more seeds, grid values or search trials"):
+            prepare_sweep(changed, tmp_path / "runs")
+    assert len(trial_runs(again)) == 6  # nothing recorded lost

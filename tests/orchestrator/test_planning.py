@@ -247,3 +247,18 @@ def test_the_estimate_offers_a_fast_layout_of_the_same_examples(monkeypatch, tmp
     assert training_cost(fast, shape).tokens == training_cost(config, shape).tokens  # the same training
     estimate = estimate_sweep(plan)
     assert 0 < estimate.fast_gpu_hours < estimate.gpu_hours / 3
+
+
+def test_a_sweep_grows_by_search_trials_but_not_by_another_search() -> None:
+    from qsweep.orchestrator.sweep.planning import growth
+
+    spec = SHIPPED / "smollm2-lr-search.yaml"
+    plan = load_plan(spec)
+    assert growth(plan, load_plan(spec)) == "nothing"
+    assert plan.spec.seeds == [0, 1]
+    assert growth(plan, load_plan(spec, ["search.n_trials=6", "seeds=[0,1,2,3]"])) == \
+        "2 seeds, 2 search trials per cell and seed"
+    assert growth(plan, load_plan(spec, ["search.n_trials=3"])) is None  # fewer trials
+    assert growth(plan, load_plan(spec, ["search.sampler=random"])) is None
+    maximized = "objectives=[{metric: eval/perplexity, direction: maximize}]"
+    assert growth(plan, load_plan(spec, [maximized])) is None

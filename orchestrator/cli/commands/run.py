@@ -110,6 +110,9 @@ def _launch(plan: Any, args: argparse.Namespace) -> int:
         driver = prepared.connect(args.address, args.num_gpus, args.num_cpus, args.concurrency, execute)
         console.print(f"[bold]qsweep run[/] {plan.spec.name}: {plan.total_trials} trials, "
                       f"{driver.concurrency} at a time on {prepared.placement}", highlight=False)
+        if prepared.grown:
+            console.print(f"the sweep grows by {prepared.grown}: its trials that ended are kept, the new "
+                          "ones run", highlight=False)
         console.print(f"sweep directory {directory.path}\nOptuna {prepared.state.optuna}\n"
                       f"MLflow {prepared.state.tracking} (parent run {driver.parent.run_id})",
                       highlight=False)
