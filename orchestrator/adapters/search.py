@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -141,17 +142,20 @@ class StudyStore:
         if url.startswith("sqlite"):
             _write_ahead_log(self.storage.engine)
         self._studies: dict[str, optuna.Study] = {}
+        self._existing_names: set[str] | None = None
         self._trial_ids: dict[tuple[str, int], int] = {}
         """The storage's trial id by (study, trial number): one lookup per trial, not per write."""
         self._space = ({key: distribution(d) for key, d in spec.search.space.items()}
                        if spec.search else {})
 
     def study(self, planned: StudyPlan) -> optuna.Study:
-        """The study of a (cell, seed), created on first use."""
+        """The study of a (cell, seed), created on first use (under its readable name; a sweep
+        created before those keeps its studies' hashed names)."""
         name = planned.name
         if name not in self._studies:
+            stored = planned.hashed_name if planned.hashed_name in self._existing() else name
             study = optuna.create_study(
-                study_name=name, storage=self.storage, load_if_exists=True,
+                study_name=stored, storage=self.storage, load_if_exists=True,
                 directions=self.spec.directions, sampler=sampler(self.spec, planned.sampler_seed),
                 pruner=pruner(self.spec, planned.cell.config.train.max_steps))
             if "cell" not in study.user_attrs:
@@ -162,12 +166,27 @@ class StudyStore:
                 study.set_user_attr("cell", planned.cell.key)
                 study.set_user_attr("cell_labels", planned.cell.labels)
                 study.set_user_attr("seed", planned.seed)
+                study.set_user_attr("settings", {k: _encode(v) for k, v in planned.cell.settings.items()})
                 study.set_user_attr("metrics", [o.metric for o in self.spec.objectives])
+                with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names([o.metric for o in self.spec.objectives])  # not "Objective 0"
             self._studies[name] = study
         return self._studies[name]
 
+    def _existing(self) -> set[str]:
+        if self._existing_names is None:
+            self._existing_names = self.existing_study_names()
+        return self._existing_names
+
     def existing_study_names(self) -> set[str]:
         return {s.study_name for s in optuna.get_all_study_summaries(self.storage, include_best_trial=False)}
+
+    def has_study(self, planned: StudyPlan, names: set[str] | None = None) -> bool:
+        """Whether the (cell, seed)'s study exists (under either name), among ``names`` when given
+        (:meth:`existing_study_names`, read once for many studies)."""
+        names = self.existing_study_names() if names is None else names
+        return planned.name in names or planned.hashed_name in names
 
     def trials(self, planned: StudyPlan) -> list[TrialRecord]:
         """Every trial of a (cell, seed) so far, in number order."""
@@ -176,6 +195,10 @@ class StudyStore:
     def ask(self, planned: StudyPlan) -> TrialRecord:
         """A new trial of the study with freshly sampled parameters (state RUNNING)."""
         trial = self.study(planned).ask(self._space)
+        # what the trial is, for optuna-dashboard (a grid sweep's trials have no searched params)
+        for axis, label in planned.cell.labels.items():
+            trial.set_user_attr(f"axis.{axis}", label)
+        trial.set_user_attr("seed", planned.seed)
         return TrialRecord(study=planned.name, number=trial.number, state="RUNNING",
                            params={k: _decode(v) for k, v in trial.params.items()}, values=None,
                            attrs=dict(trial.user_attrs), duration_s=None)

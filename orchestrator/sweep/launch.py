@@ -156,10 +156,10 @@ def prepare_sweep(plan: Plan, root: Path) -> PreparedSweep:
 def status_rows(plan: Plan, store: Any) -> list[dict[str, Any]]:
     """One row per planned trial slot: cell, seed, number, state, objectives, duration, run id."""
     rows = []
-    existing = store.existing_study_names()
     varying = plan.varying_axes()
+    existing = store.existing_study_names()
     for planned in plan.studies():
-        records = [r for r in (store.trials(planned) if planned.name in existing else [])
+        records = [r for r in (store.trials(planned) if store.has_study(planned, existing) else [])
                    if r.state != "WAITING"]  # queued parameters not asked yet: still pending
         for record in records:
             status = record.outcome.get("status") or TrialStatus.of_optuna_state(record.state)

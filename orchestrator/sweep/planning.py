@@ -67,7 +67,14 @@ class StudyPlan:
 
     @property
     def name(self) -> str:
-        """The Optuna study name: unique per sweep, cell and seed."""
+        """The Optuna study name, as optuna-dashboard lists it: the sweep, the cell's labels and the
+        seed, then the cell's key (unique per sweep, cell and seed even where two sweeps of one
+        name share a storage): ``demo · NF4+DQ · seed 0 · 3f2a1c9e0b7d``."""
+        return " · ".join([self.sweep, *self.cell.labels.values(), f"seed {self.seed}", self.cell.key])
+
+    @property
+    def hashed_name(self) -> str:
+        """The study name of sweeps created before names were readable (still found)."""
         return f"{self.sweep}/{self.cell.key}/seed{self.seed}"
 
     def trial_key(self, number: int) -> str:

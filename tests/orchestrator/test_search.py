@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from qsweep.orchestrator.adapters.search import StudyStore
@@ -93,7 +94,7 @@ def test_a_restarted_driver_reports_to_the_pruner_for_trials_asked_before(storag
     assert restarted.report(study, good.number, 2, 0.5) is False
     assert restarted.report(study, bad.number, 2, 5.0) is True
     (record,) = [r for r in restarted.trials(study) if r.number == bad.number]
-    assert record.state == "RUNNING" and record.attrs == {"run_id": "r"}
+    assert record.state == "RUNNING" and record.attrs["run_id"] == "r"
 
 
 def test_queued_parameters_come_first_once(storage: str, plan, tmp_path: Path) -> None:
@@ -137,3 +138,33 @@ def test_one_registry_names_the_samplers_and_pruners_the_spec_accepts_and_optuna
                                             "n_trials": 2, "pruner": {"type": name, "report_every": 2}})
         assert isinstance(pruner(SweepSpec.model_construct(search=search), max_steps=10), cls)
         assert isinstance(search.pruner, PrunerSpec)
+
+
+def test_optuna_dashboard_sees_named_studies_metric_names_and_what_each_trial_is(storage: str, plan) -> None:
+    """What optuna-dashboard reads from the storage: a study name a person recognizes, the
+    objectives' metric names (not "Objective 0"), the cell and seed on the study and its trials."""
+    store = StudyStore(storage, plan.spec)
+    planned = plan.studies()[0]
+    store.tell(planned, store.ask(planned).number, "COMPLETE", [0.5])
+    (summary,) = [s for s in optuna.get_all_study_summaries(storage) if s.study_name == planned.name]
+    labels = list(planned.cell.labels.values())
+    readable = [plan.spec.name, *labels, f"seed {planned.seed}", planned.cell.key]
+    assert summary.study_name == " · ".join(readable)
+    study = optuna.load_study(study_name=planned.name, storage=storage)
+    assert study.metric_names == [o.metric for o in plan.spec.objectives]
+    assert study.user_attrs["cell_labels"] == planned.cell.labels and study.user_attrs["seed"] == planned.seed
+    assert study.user_attrs["settings"]
+    (trial,) = study.trials
+    assert trial.user_attrs["seed"] == planned.seed
+    axes = {f"axis.{axis}": label for axis, label in planned.cell.labels.items()}
+    assert axes.items() <= trial.user_attrs.items()
+
+
+def test_a_sweep_created_with_hashed_study_names_keeps_them(storage: str, plan) -> None:
+    planned = plan.studies()[0]
+    old = optuna.create_study(study_name=planned.hashed_name, storage=storage)
+    old.set_user_attr("cell", planned.cell.key)
+    old.add_trial(optuna.trial.create_trial(value=1.0))
+    store = StudyStore(storage, plan.spec)
+    assert [r.state for r in store.trials(planned)] == ["COMPLETE"] and store.has_study(planned)
+    assert planned.name not in store.existing_study_names()  # not created twice under the new name
