@@ -16,9 +16,10 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,34 +194,64 @@ def _sized_lm_class() -> type:
         model). Everything else is lm-eval's own scoring.
         """
 
-        def __init__(self, *, sizer: BatchSizer, **kwargs: Any):
+        def __init__(self, *, sizer: BatchSizer, progress: Progress | None = None, **kwargs: Any):
             super().__init__(batch_size=1, **kwargs)
             self.sizer = sizer
             self._in_rolling = False
+            self.progress = progress
+            self._kind, self._scored, self._to_score = "", 0, 0
+            # lm-eval's own bars (a bar per batch of perplexity windows) unless asked for
+            self.quiet = bool(os.environ.get("TQDM_DISABLE"))
+
+        def _expect(self, kind: str, sequences: int) -> None:
+            """Work of one request type starts: ``sequences`` forward rows to score."""
+            self._kind, self._scored, self._to_score = kind, 0, sequences
+            if self.progress is not None:
+                self.progress(kind, 0, sequences)
+
+        def _model_call(self, inps: Any, *args: Any, **kwargs: Any) -> Any:
+            logits = super()._model_call(inps, *args, **kwargs)
+            if self.progress is not None and self._to_score and not getattr(self, "_probing", False):
+                self._scored += int(inps.shape[0])
+                self.progress(self._kind, min(self._scored, self._to_score), self._to_score)
+            return logits
 
         def _probe(self, batch: int, length: int) -> None:
             # What lm-eval's scoring holds for one batch: the logits and their log-softmax.
             ids = torch.ones((batch, length), dtype=torch.long, device=self.device)
-            F.log_softmax(self._model_call(ids), dim=-1, dtype=self.softmax_dtype)
+            self._probing = True
+            try:
+                F.log_softmax(self._model_call(ids), dim=-1, dtype=self.softmax_dtype)
+            finally:
+                self._probing = False
 
         def _size(self, kind: str, length: int, count: int) -> None:
             self.batch_size_per_gpu = self.sizer.choose(kind, min(length, self.max_length), count,
                                                         self._probe)
+
+        def loglikelihood(self, requests: Any, disable_tqdm: bool = False) -> Any:
+            return super().loglikelihood(requests, disable_tqdm or self.quiet)
 
         def _loglikelihood_tokens(self, requests: Any, disable_tqdm: bool = False,
                                   override_bs: int | None = None) -> Any:
             if requests and not self._in_rolling:
                 longest = max(len(context) + len(continuation) for _, context, continuation in requests)
                 self._size("loglikelihood", longest - 1, len(requests))
-            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+                # one forward row per distinct context when lm-eval groups the continuations
+                rows = ({tuple(context + continuation[:-1]) for _, context, continuation in requests}
+                        if self.backend == "causal" and self.logits_cache else requests)
+                self._expect("loglikelihood", len(rows))
+            return super()._loglikelihood_tokens(requests, disable_tqdm or self.quiet, override_bs)
 
         def loglikelihood_rolling(self, requests: Any, disable_tqdm: bool = False) -> Any:
+            disable_tqdm = disable_tqdm or self.quiet
             if not requests:
                 return []
             longest = max(len(self.tok_encode(request.args[0])) for request in requests)
             configured = self._max_length
             self._max_length = max(1, min(self.max_length, longest))
             self._size("rolling", self._max_length, len(requests))
+            self._expect("rolling", len(requests))  # one window per document: max_length covers the longest
             self._in_rolling = True
             try:
                 return super().loglikelihood_rolling(requests, disable_tqdm)
@@ -229,6 +260,7 @@ def _sized_lm_class() -> type:
                 self._max_length = configured
 
         def generate_until(self, requests: Any, disable_tqdm: bool = False) -> Any:
+            disable_tqdm = disable_tqdm or self.quiet
             if requests:
                 context = max(len(self.tok_encode(request.args[0])) for request in requests)
                 new_tokens = max(int(request.args[1].get("max_gen_toks", self.max_gen_toks))
@@ -239,9 +271,15 @@ def _sized_lm_class() -> type:
     return SizedHFLM
 
 
+Progress = Callable[[str, int, int], None]
+"""Called with (request type, sequences scored, sequences to score) as an evaluation's forward
+passes run: ``loglikelihood`` (multiple choice), then ``rolling`` (perplexity windows)."""
+
+
 def evaluate_model(model: Any, tokenizer: Any, cfg: EvalConfig, *, compute_dtype: torch.dtype,
                    weight_dtype: torch.dtype | None = None, exclude_subjects: tuple[str, ...] = (),
-                   manager: Any | None = None, sizer: BatchSizer | None = None) -> EvalOutcome:
+                   manager: Any | None = None, sizer: BatchSizer | None = None,
+                   progress: Progress | None = None) -> EvalOutcome:
     """Run ``cfg.tasks`` on ``model`` in memory and summarize the results.
 
     Args:
@@ -255,6 +293,8 @@ def evaluate_model(model: Any, tokenizer: Any, cfg: EvalConfig, *, compute_dtype
         manager: a TaskManager to reuse (default: a new one).
         sizer: chooses batch sizes; pass the same one to every evaluation of a model so its
             memory is measured once (default: a new one for ``cfg.batch_size``).
+        progress: told how many sequences are scored of how many (:data:`Progress`); lm-eval's
+            own progress bars stay off while ``TQDM_DISABLE`` is set (the CLI sets it).
     """
     from lm_eval import evaluator
 
@@ -277,7 +317,8 @@ def evaluate_model(model: Any, tokenizer: Any, cfg: EvalConfig, *, compute_dtype
     sizer = sizer or BatchSizer.for_device(cfg.batch_size, device)
     sizer.chosen.clear()  # this evaluation's batches, not an earlier one's
     mixed = compute_dtype if compute_dtype != torch.float32 else None
-    lm = _sized_lm_class()(pretrained=model, tokenizer=tokenizer, sizer=sizer, mixed_precision_dtype=mixed)
+    lm = _sized_lm_class()(pretrained=model, tokenizer=tokenizer, sizer=sizer, mixed_precision_dtype=mixed,
+                           progress=progress)
     was_training = model.training
     model.eval()
     started = time.perf_counter()

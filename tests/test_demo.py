@@ -181,7 +181,10 @@ def test_the_mlflow_ui_shows_the_sweep_its_trials_and_the_report(demo: dict[str,
                    "eval_base/perplexity", "eval/mmlu_offline/acc")
         browser.save_screenshot(str(ARTIFACTS / "mlflow-grouped.png"))
         visit(f"{base}/runs/{parent.info.run_id}")  # the sweep's answer on its parent run
-        page_shows("Description", "Table 2: perplexity of the quantized base model", "Table 4", *DATA_TYPES)
+        page_shows("Description", "Table 2: perplexity of the quantized base model", "report/table2/NF4_DQ")
+        browser.find_element(By.XPATH, "//*[text()='Show more']").click()  # the whole description
+        page_shows("Table 4 layout: 0-shot MMLU", *DATA_TYPES)
+        browser.save_screenshot(str(ARTIFACTS / "mlflow-parent.png"))
         visit(f"{base}/runs/{child.info.run_id}")  # a trial: its metrics, params, parent
         page_shows(child.info.run_name, "eval/perplexity", "eval_base/perplexity", "train/loss", "quant.type",
                    "axis.data_type", "Parent run")

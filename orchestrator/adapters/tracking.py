@@ -270,14 +270,20 @@ class MlflowTracker:
     @contextlib.contextmanager
     def system_metrics(self, interval_s: float = 5.0) -> Iterator[None]:
         """Log CPU, memory, disk and (with nvidia-ml-py) GPU utilisation and memory as
-        ``system/*`` metrics every ``interval_s`` while the block runs and once at its end; a
-        retried run continues the steps where its last attempt stopped (no step logged twice)."""
+        ``system/*`` metrics every ``interval_s`` while the block runs and once at its end. Each
+        sample's step is its time in milliseconds (the UI plots system metrics over time), so
+        attempts of one run — a retry, or a worker that outlived its killed driver beside the
+        resumed one — never log a step twice."""
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        class TimeStepped(SystemMetricsMonitor):
+            def publish_metrics(self, metrics: dict[str, float]) -> None:
+                self._logging_step = time.time_ns() // 1_000_000
+                super().publish_metrics(metrics)
 
         monitor = None
         try:
-            monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=True,
-                                           tracking_uri=self.uri)
+            monitor = TimeStepped(self.run_id, sampling_interval=interval_s, tracking_uri=self.uri)
             monitor.start()
         except Exception as err:  # noqa: BLE001 - a trial runs without system metrics
             log.warning("system metrics are off: %s", err)

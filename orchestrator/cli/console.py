@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from types import TracebackType
 from typing import Any
 
@@ -18,7 +19,6 @@ from rich.progress import (
     Progress,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 
@@ -45,23 +45,32 @@ def human_bytes(count: float) -> str:
 
 
 class TrainProgress:
-    """A progress bar fed by the trainer's ``on_step`` callback."""
+    """A trial's live display: one row per phase, added when the phase starts — each evaluation
+    (sequences scored of total) and training (steps, loss, tokens/s) — each with an ETA from its
+    own measured pace, however slow its steps. Feed ``on_step`` (the trainer's callback: the
+    object is callable) and :meth:`evaluation`.
+
+    It draws on the same console as the log (stderr), so log lines print above it and never on
+    a bar's line. Without a terminal (CI, Ray logs, files) it prints a plain line to stdout
+    every 5% of training instead, and one per quarter of an evaluation.
+    """
 
     def __init__(self, total_steps: int, description: str = "training"):
         self.total_steps = total_steps
+        self.description = description
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=12),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[speed]} tok/s"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
+            TextColumn("{task.fields[detail]}"),
+            TextColumn("eta {task.fields[eta]}"),
+            console=errors,
             transient=False,
-        )
-        self._task = self._progress.add_task(description, total=total_steps, loss="-", speed="-")
+        )  # fits 80 columns: "eval base (step 0), perplexity ━━━ 100/100 sequences eta 0:00"
+        self._tasks: dict[str, Any] = {}
+        self._paces: dict[str, tuple[float, int]] = {}
+        """Per row: (when its first unit of work was seen, units done then)."""
+        self._printed: dict[str, int] = {}
 
     def __enter__(self) -> TrainProgress:
         self._progress.start()
@@ -71,18 +80,42 @@ class TrainProgress:
                  tb: TracebackType | None) -> None:
         self._progress.stop()
 
+    def _row(self, description: str, total: int) -> Any:
+        if description not in self._tasks:
+            self._tasks[description] = self._progress.add_task(description, total=total, detail="", eta="-")
+        return self._tasks[description]
+
+    def _eta(self, description: str, done: int, total: int) -> str:
+        """Remaining units at the pace measured since the row's first update (its first step's
+        set-up left out): an estimate however long each unit takes."""
+        now = time.monotonic()
+        began, at = self._paces.setdefault(description, (now, done))
+        if done <= at or done >= total:
+            return "-" if done < total else _duration(0)
+        return _duration((now - began) / (done - at) * (total - done))
+
     def __call__(self, metrics: StepMetrics) -> None:
-        self._progress.update(self._task, completed=metrics.step, loss=f"{metrics.loss:.4f}",
-                              speed=f"{metrics.tokens_per_s:,.0f}")
-        # Without a terminal (CI, Ray logs, files) a live bar draws nothing until the end:
-        # print a plain line every 5% of the run instead.
+        row = self._row(self.description, self.total_steps)
+        eta = self._eta(self.description, metrics.step, self.total_steps)
+        self._progress.update(row, completed=metrics.step, eta=eta,
+                              detail=f"loss {metrics.loss:.4f} {metrics.tokens_per_s:,.0f} tok/s")
         every = max(1, self.total_steps // 20)
-        if not console.is_terminal and (metrics.step % every == 0 or metrics.step == self.total_steps):
-            remaining = self._progress.tasks[0].time_remaining
-            eta = f"{remaining:.0f}s" if remaining is not None else "-"
+        if not errors.is_terminal and (metrics.step % every == 0 or metrics.step == self.total_steps):
             console.print(f"step {metrics.step}/{self.total_steps} loss {metrics.loss:.4f} "
                           f"lr {metrics.learning_rate:.2e} {metrics.tokens_per_s:,.0f} tok/s eta {eta}",
                           highlight=False)
+            console.file.flush()
+
+    def evaluation(self, description: str, done: int, total: int) -> None:
+        """An evaluation's progress: ``done`` of ``total`` sequences scored."""
+        done = min(done, total)
+        row = self._row(description, total)
+        self._progress.update(row, completed=done, total=total, eta=self._eta(description, done, total),
+                              detail="sequences")
+        quarter = 4 * done // max(1, total)
+        if not errors.is_terminal and quarter > self._printed.get(description, 0):
+            self._printed[description] = quarter
+            console.print(f"{description}: {done}/{total} sequences", highlight=False)
             console.file.flush()
 
 
@@ -125,7 +158,7 @@ def phase_table(phases: dict[str, float], title: str = "time") -> Table:
     table.add_column("share", justify="right")
     total = phases.get("total") or sum(phases.get(name, 0.0) for name in PHASES)
     for name in PHASES:
-        if name in phases:
+        if phases.get(name):  # a phase that took no time (no GPU to wait for) has no row
             share = f"{phases[name] / total:.0%}" if total else "-"
             table.add_row(LABELS[name], f"{phases[name]:,.1f}", share)
     if total:
@@ -185,8 +218,10 @@ def phases_summary(rows: list[dict[str, Any]], title: str = "trial phases (secon
 
 
 def _headline(name: str) -> bool:
-    """Metrics worth a row in the terminal (per-subject ones stay in MLflow)."""
-    return "/subject/" not in name and not name.endswith(("_stderr", "/n"))
+    """Metrics worth a row in the terminal (per-subject ones, subject means and byte-level
+    perplexities stay in MLflow), so a trial's output fits a screen."""
+    return "/subject/" not in name and not name.endswith(
+        ("_stderr", "/n", "_subject_mean", "/bits_per_byte", "/byte_perplexity"))
 
 
 def eval_table(metrics: dict[str, float], baseline: dict[str, float] | None = None,
@@ -297,7 +332,7 @@ class SweepProgress:
             TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[best]}"),
             TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"),
-            console=console, transient=False)
+            console=errors, transient=False)  # with the log, which then never lands on its line
         self._task = self._progress.add_task("sweep", total=total, counts="", best="", eta="-")
         self._last_line = -1
 
@@ -316,7 +351,7 @@ class SweepProgress:
         eta_s = tally.eta_s(self.concurrency)
         eta = _duration(eta_s) if eta_s is not None and tally.ended < self.total else "-"
         self._progress.update(self._task, completed=tally.ended, counts=counts, best=best, eta=eta)
-        if not console.is_terminal and tally.ended != self._last_line:
+        if not errors.is_terminal and tally.ended != self._last_line:
             self._last_line = tally.ended
             console.print(f"sweep {tally.ended}/{self.total} {counts} {best} eta {eta}", highlight=False)
             console.file.flush()

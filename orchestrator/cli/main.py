@@ -19,11 +19,18 @@ import warnings
 from qsweep.trainers.errors import EXIT_INTERRUPTED
 
 
-def _quiet_libraries() -> None:
-    """Keep library chatter (progress bars, optional-kernel notices) out of our output."""
+def _quiet_libraries(verbose: bool = False) -> None:
+    """Keep library chatter (progress bars, banners, optional-kernel notices) out of our output:
+    qsweep draws one progress display per phase itself. ``-v`` lets the libraries speak. The
+    environment reaches the trials' worker processes too."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "🏃 View run ..."
+    if not verbose:
+        os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's bars (a bar per subject), datasets'
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow resets its level on import
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # e.g. a warning per truncated prompt
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
@@ -61,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``qsweep`` console script."""
-    _quiet_libraries()
     args = build_parser().parse_args(argv)
+    _quiet_libraries(args.verbose)
     from qsweep.orchestrator.cli.console import configure_logging, print_error
 
     configure_logging(verbose=args.verbose)

@@ -165,7 +165,8 @@ class _Computed:
 def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
               on_step: Callable[[StepMetrics], None] | None = None,
               pruning: Pruning | None = None, phases: PhaseClock | None = None,
-              gpu_turns: GpuTurns | None = None, before_step: StepHook | None = None) -> TrialResult:
+              gpu_turns: GpuTurns | None = None, before_step: StepHook | None = None,
+              on_eval: Callable[[str, int, int], None] | None = None) -> TrialResult:
     """Train, evaluate and record one trial. See the module docstring for what is recorded.
 
     A non-finite loss ends the trial with status ``nan`` (no evaluation); a pruner's stop
@@ -213,7 +214,8 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
         with gpu_turns or NoTurns() as turns, tracker.system_metrics():
             with phases.phase("wait"):
                 turns.wait_to_load(memory_needs(cfg, data.source))
-            computed = _compute(cfg, data, tracker, workdir, phases, on_step, pruning, turns, before_step)
+            computed = _compute(cfg, data, tracker, workdir, phases, on_step, pruning, turns, before_step,
+                                on_eval)
             with phases.phase("record"):
                 _release_accelerator_memory()
         with phases.phase("record"):
@@ -237,7 +239,8 @@ def run_trial(cfg: TrialConfig, tracker: Tracker, workdir: Path,
 
 def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phases: PhaseClock,
              on_step: Callable[[StepMetrics], None] | None, pruning: Pruning | None,
-             turns: GpuTurns | NoTurns, before_step: StepHook | None = None) -> _Computed:
+             turns: GpuTurns | NoTurns, before_step: StepHook | None = None,
+             on_eval: Callable[[str, int, int], None] | None = None) -> _Computed:
     """Load the model onto the accelerator, evaluate the base, train, evaluate the result
     (evaluating and training in the GPU's turn)."""
     with phases.phase("load"):
@@ -262,17 +265,21 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
     # One sizer for every evaluation of this model: its memory is measured once.
     sizer = BatchSizer.for_device(cfg.eval.batch_size, resolve_device(cfg.train.device))
 
-    def evaluate(evaluation: EvalConfig = cfg.eval) -> EvalOutcome:
+    def evaluate(evaluation: EvalConfig = cfg.eval, what: str = "trained") -> EvalOutcome:
+        def progress(kind: str, done: int, total: int) -> None:
+            if on_eval is not None:
+                on_eval(f"eval {what}, {EVAL_KINDS.get(kind, kind)}", done, total)
+
         with turns.allocating():  # its batches take the memory that is free
             return evaluate_model(qlora.model, qlora.tokenizer, evaluation,
                                   compute_dtype=DTYPES[cfg.quant.compute_dtype],
                                   weight_dtype=DTYPES[cfg.model.dtype],
-                                  exclude_subjects=excluded_subjects(cfg), sizer=sizer)
+                                  exclude_subjects=excluded_subjects(cfg), sizer=sizer, progress=progress)
 
     baseline: dict[str, float] = {}
     if cfg.eval.tasks and cfg.eval.baseline:
-        baseline = _baseline(cfg, tracker, workdir, phases, lambda: evaluate(cfg.eval.for_baseline()),
-                             qlora.model)
+        baseline = _baseline(cfg, tracker, workdir, phases,
+                             lambda: evaluate(cfg.eval.for_baseline(), "base (step 0)"), qlora.model)
 
     window: list[float] = []
 
@@ -289,7 +296,7 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
             value = sum(window) / len(window)
         else:
             began = phases.clock()
-            intermediate = evaluate().metrics
+            intermediate = evaluate(what=f"at step {metrics.step}").metrics
             seconds = phases.clock() - began
             phases.intermediate_eval(metrics.step, seconds)
             if metrics.step > logged:  # a resumed trial has these already
@@ -352,6 +359,8 @@ def _baseline(cfg: TrialConfig, tracker: Tracker, workdir: Path, phases: PhaseCl
     return outcome.metrics
 
 
+EVAL_KINDS = {"loglikelihood": "choices", "rolling": "perplexity", "generate": "generation"}
+"""How an evaluation progress row names lm-eval's request types."""
 NOT_APPLICABLE = "n/a"
 BASELINE_PREFIX = "eval_base/"
 

@@ -65,3 +65,16 @@ def test_ui_without_a_store_says_so(tmp_path: Path) -> None:
     done = subprocess.run([QSWEEP, "ui", "--root", str(tmp_path)], capture_output=True, text=True,
                           check=False)
     assert done.returncode == 1 and "no local MLflow store" in done.stderr
+
+
+def test_trial_output_has_a_progress_per_phase_and_no_library_noise(local_trial) -> None:
+    """lm-eval's, datasets', MLflow's bars and banners stay out; each phase reports its progress."""
+    home, done = local_trial
+    output = done.stdout + done.stderr
+    for noise in ("it/s]", "Running loglikelihood", "Building contexts", "mlflow.store", "View run",
+                  "Creating initial MLflow", "system_metrics_monitor", "Map:"):
+        assert noise not in output, noise
+    assert "eval base (step 0), perplexity: 3/3 sequences" in done.stdout
+    assert "eval trained, perplexity: 3/3 sequences" in done.stdout
+    assert "step 4/4 loss" in done.stdout
+    assert len(output.splitlines()) <= 50, output  # a screen

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with TrainProgress(cfg.train.max_steps) as progress:
             # The start phase runs from the process's start: imports and checks count too.
-            result = run_trial(cfg, tracker, workdir, on_step=progress,
+            result = run_trial(cfg, tracker, workdir, on_step=progress, on_eval=progress.evaluation,
                                phases=PhaseClock(started=process_started()))
         status = TrialStatus(result.status).mlflow_status
     except KeyboardInterrupt:
