@@ -45,6 +45,12 @@ class SetupError(QsweepError):
         super().__init__(f"{key}: {message}")
 
 
+class UnknownSweep(QsweepError):
+    """A sweep name that no sweep directory holds; the message lists the known ones."""
+
+    exit_code = EXIT_CONFIG
+
+
 class ResumeMismatch(QsweepError):
     """The checkpoint in the work directory was written by a different configuration."""
 

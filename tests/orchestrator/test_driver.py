@@ -313,6 +313,7 @@ def test_status_lists_the_sweeps_and_names_them_for_an_unknown_one(sweep, tmp_pa
     assert main(["status", "nosuch", "--root", str(root)]) == 2
     error = " ".join(capsys.readouterr().err.split())
     assert "no sweep 'nosuch'" in error and error.endswith("fake")  # the known ones
+    assert "config error" not in error
     assert main(["status", "fake", "--root", str(root)]) == 0
     trials = capsys.readouterr().out
     assert "train/final_loss" in trials  # the objective column is headed by its metric

@@ -64,15 +64,15 @@ def run_resume(args: argparse.Namespace) -> int:
 def sweep_directory(name_or_path: str, root: Path) -> Any:
     """The SweepDir of a sweep name under ``root``, or of a sweep directory path."""
     from qsweep.orchestrator.sweep.sweep_dir import SweepDir
-    from qsweep.trainers.errors import ConfigError
+    from qsweep.trainers.errors import UnknownSweep
 
     for directory in (SweepDir(Path(name_or_path)), SweepDir.of(root, name_or_path)):
         if directory.exists():
             return directory
     known = sorted(p.parent.name for p in (root / "sweeps").glob("*/sweep.json"))
     listing = f"; sweeps in {root}: {', '.join(known)}" if known else ""
-    raise ConfigError([("", f"no sweep {name_or_path!r} (neither a sweep directory nor a sweep in "
-                            f"{root / 'sweeps'}){listing}")])
+    raise UnknownSweep(f"no sweep {name_or_path!r} (neither a sweep directory nor a sweep in "
+                       f"{root / 'sweeps'}){listing}")
 
 
 def _report(prepared: Any, root: Path) -> None:
