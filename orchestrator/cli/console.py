@@ -150,24 +150,13 @@ def train_summary(result: TrainResult, title: str = "training summary") -> Table
     return table
 
 
-def phase_table(phases: dict[str, float], title: str = "time") -> Table:
-    """Seconds and share of each phase of a trial, then what a GPU was held for."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("phase")
-    table.add_column("seconds", justify="right")
-    table.add_column("share", justify="right")
+def phase_line(phases: dict[str, float]) -> str:
+    """A trial's time per phase in a line or two: ``time: load 18.0 s, training 226.1 s, ...,
+    total 703.5 s (97% training and evaluating)``; phases that took no time left out."""
     total = phases.get("total") or sum(phases.get(name, 0.0) for name in PHASES)
-    for name in PHASES:
-        if phases.get(name):  # a phase that took no time (no GPU to wait for) has no row
-            share = f"{phases[name] / total:.0%}" if total else "-"
-            table.add_row(LABELS[name], f"{phases[name]:,.1f}", share)
-    if total:
-        before = phases.get("start", 0.0) + phases.get("load", 0.0)
-        table.add_row("[bold]total[/]", f"{total:,.1f}", "")
-        table.add_row("training + evaluating", f"{phases.get('compute', 0.0):,.1f}",
-                      f"{phases.get('compute', 0.0) / total:.0%}")
-        table.add_row("set-up before training (start + load)", f"{before:,.1f}", f"{before / total:.0%}")
-    return table
+    parts = [f"{LABELS[name].split(' (')[0]} {phases[name]:,.1f} s" for name in PHASES if phases.get(name)]
+    share = f" ({phases.get('compute', 0.0) / total:.0%} training and evaluating)" if total else ""
+    return f"time: {', '.join(parts)}; total {total:,.1f} s{share}"
 
 
 def usage_lines(usage: Any) -> str:

@@ -34,7 +34,7 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from qsweep.evaluation.harness import check_tasks
     from qsweep.orchestrator.adapters.tracking import MlflowTracker, check_reachable, redact, resolve_uri
-    from qsweep.orchestrator.cli.console import TrainProgress, console, eval_table, phase_table, train_summary
+    from qsweep.orchestrator.cli.console import TrainProgress, console, eval_table, phase_line, train_summary
     from qsweep.orchestrator.trial.config import load_trial_config
     from qsweep.orchestrator.trial.runner import run_trial
     from qsweep.trainers import hub
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if result.metrics:
         console.print(eval_table(result.metrics, result.baseline_metrics))
     if result.phases:
-        console.print(phase_table(result.phases))
+        console.print(phase_line(result.phases), highlight=False)  # per phase: time/* on the run
     console.print(f"MLflow run id: {tracker.run_id}", highlight=False)
     if tracker.ui_url:
         console.print(f"MLflow UI: {tracker.ui_url}", highlight=False)
