@@ -47,14 +47,22 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from ``path``; syntax errors become a :class:`ConfigError`."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError([("", f"{str(path)!r} is a directory; give a YAML file")])
     if not path.is_file():
         raise ConfigError([("", f"config file {str(path)!r} does not exist")])
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        bad = err.object[err.start:err.start + 1]
+        raise ConfigError([("", f"not UTF-8 text (byte {err.start}: {bad!r}); save the file as UTF-8")],
+                          source=str(path)) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506
     except yaml.YAMLError as err:
         raise ConfigError([("", f"invalid YAML: {err}")], source=str(path)) from None
     if data is None:
-        return {}
+        raise ConfigError([("", "the file is empty (no YAML mapping in it)")], source=str(path))
     if not isinstance(data, dict):
         raise ConfigError([("", f"the top level must be a mapping of sections, got "
                                 f"{type(data).__name__}")], source=str(path))

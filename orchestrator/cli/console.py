@@ -33,7 +33,9 @@ def configure_logging(verbose: bool = False) -> None:
 
 
 def print_error(message: str) -> None:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    """An error for the user; its text (which may quote what they wrote: ``[/bold]`` in a grid
+    value, a YAML line with brackets) is never read as markup."""
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
 
 
 def human_bytes(count: float) -> str:

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,10 @@ class SweepRecords:
     trials: list[ReportedTrial]
 
 
-def read_sweep(uri: str, experiment: str, sweep: str, metrics: list[str]) -> SweepRecords:
-    """The sweep's trials from MLflow: labels, seed, status and the asked-for metrics."""
+def read_sweep(uri: str, experiment: str, sweep: str, metrics: list[str],
+               required: Iterable[str] = ()) -> SweepRecords:
+    """The sweep's trials from MLflow: labels, seed, status and the asked-for metrics. A metric of
+    ``required`` that no finished trial logged is an error naming those they did log."""
     from qsweep.orchestrator.adapters.tracking import _client, find_runs
 
     parents = find_runs(uri, experiment, {"qsweep.role": "sweep", "qsweep.sweep": sweep})
@@ -75,6 +78,13 @@ def read_sweep(uri: str, experiment: str, sweep: str, metrics: list[str]) -> Swe
         status = tags.get("qsweep.status", "unknown")
         items = _items(client, run.info.run_id, metrics) if status == "finished" else {}
         trials.append(ReportedTrial(labels, int(tags.get("qsweep.seed", 0)), status, values, items))
+    finished = [run for run in children if run.data.tags.get("qsweep.status") == "finished"]
+    logged = set().union(*(run.data.metrics for run in finished)) if finished else set()
+    missing = [metric for metric in required if finished and metric.partition("@")[0] not in logged]
+    if missing:  # a misspelled metric, not trials that failed
+        known = sorted(name for name in logged if name.startswith(("eval/", "eval_base/", "train/")))
+        raise ReportError(f"no finished trial of sweep {sweep!r} logged {', '.join(missing)}; metrics "
+                          f"they logged: {', '.join(known)}")
     params = parent.data.params
     seeds = json.loads(params.get("sweep.seeds", "[0]"))
     axes = _structured(params.get("sweep.grid", "{}"))

@@ -167,6 +167,8 @@ def resolve_spec_path(name: str | Path) -> Path:
     shipped = SWEEPS_DIR / f"{name}.yaml"
     if path.suffix == "" and shipped.is_file():
         return shipped
+    if path.is_dir():
+        raise ConfigError([("", f"sweep spec {str(name)!r} is a directory; give a YAML file")])
     known = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
     raise ConfigError([("", f"sweep spec {str(name)!r} does not exist (shipped specs: {known})")])
 

@@ -85,6 +85,8 @@ class Tracker(Protocol):
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def last_logged_step(self, metric: str) -> int: ...
+    def logged_metric_names(self) -> set[str]: ...
+    def latest_metric_steps(self) -> dict[str, int]: ...
     def runs_tagged(self, tag: str, value: str) -> list[str]: ...
     def download_artifacts(self, run_id: str, path: str, into: Path) -> Path: ...
     def log_dataset(self, name: str, source: str, digest: str, context: str = "training") -> None: ...
@@ -253,12 +255,14 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
         setup = load_model(data, cfg, phases)
     qlora = setup.qlora
     with phases.phase("record"):
-        tracker.log_metrics({
+        footprint = {
             "model/base_weight_bytes": float(qlora.footprint.total_bytes),
             "model/quantized_bytes": float(qlora.footprint.quantized_bytes),
             "model/bits_per_quantized_param": qlora.footprint.bits_per_quantized_param,
             "model/trainable_params": float(qlora.trainable_params),
-        }, step=0)
+        }
+        if not set(footprint) <= tracker.logged_metric_names():  # a retried run logged them before
+            tracker.log_metrics(footprint, step=0)
         logged = tracker.last_logged_step("train/loss")
     with phases.phase("wait"):
         turns.take_turn()
@@ -412,14 +416,16 @@ def _record(computed: _Computed, tracker: Tracker, workdir: Path) -> TrialResult
     assert trained is not None and trained.adapter_dir is not None
     tracker.log_artifact(trained.adapter_dir, "adapter")
     metrics: dict[str, float] = {}
+    summary = trained.summary_metrics()
+    final = {name: summary[name] for name in ("train/final_loss", "train/mean_tokens_per_s")}
     if computed.evaluation is not None:
         metrics = computed.evaluation.metrics
-        tracker.log_metrics(metrics, step=trained.steps)
+        final.update(metrics)
         for path in computed.evaluation.write(workdir / "eval"):
             tracker.log_artifact(path, "eval")
-    summary = trained.summary_metrics()
-    tracker.log_metrics({name: summary[name] for name in ("train/final_loss", "train/mean_tokens_per_s")},
-                        step=trained.steps)
+    latest = tracker.latest_metric_steps()  # a run that recorded this end before keeps its values
+    unrecorded = {name: value for name, value in final.items() if latest.get(name, -1) < trained.steps}
+    tracker.log_metrics(unrecorded, step=trained.steps)
     tracker.set_tags({"qsweep.status": TrialStatus.FINISHED, "qsweep.reason": trained.reason})
     return TrialResult(TrialStatus.FINISHED, trained.reason, tracker.run_id, workdir, trained,
                        metrics=metrics, baseline_metrics=computed.baseline)
@@ -433,6 +439,8 @@ def _record_phases(result: TrialResult, phases: PhaseClock, tracker: Tracker) ->
     try:
         summary = json.dumps(result.to_dict(), indent=1, default=str)
         (result.workdir / "result.json").write_text(summary + "\n")
-        tracker.log_metrics(phases.metrics(), step=step)
+        latest = tracker.latest_metric_steps()  # an attempt that ended at this step recorded its own
+        tracker.log_metrics({name: seconds for name, seconds in phases.metrics().items()
+                             if latest.get(name, -1) < step}, step=step)
     except Exception:  # noqa: BLE001 - a lost timing must not fail the trial or hide its error
         log.exception("could not record the phase timings")

@@ -82,3 +82,30 @@ def test_help_is_plain_text(command: str, capsys) -> None:
         assert f"    qsweep {command}" in text  # its examples, as written
     if command == "report":
         assert "<root>/reports/<sweep>/" in text and "report/" in text  # what it writes, where
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"name: x\ngrid: {lora.r: [8, 16]}\n\xff\xfe\n", "not UTF-8 text (byte 32"),
+    (b"", "the file is empty"),
+    (b"# only a comment\n", "the file is empty"),
+    (b"name: x\ngrid: {lora.r: [[/bold]]\n", "invalid YAML"),
+])
+def test_unreadable_specs_are_one_clear_message(tmp_path, capsys, content: bytes, expected: str) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(content)
+    assert main(["plan", str(spec)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert expected in err and "Traceback" not in err
+
+
+def test_a_directory_is_not_a_spec(tmp_path, capsys) -> None:
+    assert main(["plan", str(tmp_path)]) == 2
+    assert "is a directory; give a YAML file" in capsys.readouterr().err
+
+
+def test_what_the_user_wrote_is_never_read_as_markup(tmp_path, capsys) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\nbase: smollm2-offline\ngrid: {lora.r: ['[/bold]', '[red]8']}\n")
+    assert main(["plan", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "[/bold]" in err and "MarkupError" not in err and "Traceback" not in err

@@ -37,8 +37,10 @@ def test_a_16bit_run_has_no_4bit_params_and_records_its_data_and_system(
     # run again in the same run (a retry): nothing logged twice
     run_trial(cfg, MlflowTracker.attach(mlflow_server, tracker.run_id), tmp_path / "bf16")
     assert len(client.get_run(tracker.run_id).inputs.dataset_inputs) == 1
-    steps = [m.step for m in client.get_metric_history(tracker.run_id, "system/cpu_utilization_percentage")]
-    assert len(steps) == len(set(steps))
+    for name in client.get_run(tracker.run_id).data.metrics:  # every metric: no (metric, step) twice
+        steps = [m.step for m in client.get_metric_history(tracker.run_id, name)]
+        assert len(steps) == len(set(steps)), (name, steps)
+    assert len(client.get_metric_history(tracker.run_id, "model/base_weight_bytes")) == 1
 
 
 def test_a_4bit_run_logs_its_4bit_params(mlflow_server: str, tiny_config) -> None:

@@ -112,6 +112,16 @@ def test_a_layout_on_a_missing_axis_is_a_clear_error(sweep_store: str, tmp_path:
     assert main(["report", "nowhere", "--root", str(tmp_path), "--preset", "table2"]) == 1
 
 
+def test_a_metric_no_trial_logged_is_an_error_naming_those_they_did(sweep_store: str, tmp_path: Path,
+                                                                       capsys) -> None:
+    asked = ("--preset", "table4", "--metric", "eval/no_such_metric", "--no-log")
+    assert report(sweep_store, tmp_path, *asked) == 1
+    error = " ".join(capsys.readouterr().err.split())
+    assert "no finished trial of sweep 'golden' logged eval/no_such_metric" in error
+    assert "eval/mmlu/acc" in error  # what they logged
+    assert not (tmp_path / "reports" / "golden" / "table4.md").exists()
+
+
 # --- item level: a sweep whose trials recorded their questions and documents ---
 
 QUESTIONS = 80

@@ -72,7 +72,7 @@ def publish(uri: str, experiment: str, sweep: str, layouts: list[Any], out: Path
     from qsweep.orchestrator.report.reporting import read_sweep, write_report
 
     metrics = sorted({layout.metric for layout in layouts} | {"train/peak_memory_bytes"})
-    records = read_sweep(uri, experiment, sweep, metrics)
+    records = read_sweep(uri, experiment, sweep, metrics, required=[layout.metric for layout in layouts])
     parent = MlflowTracker.attach(uri, records.parent_run_id) if log else None
     summary: list[str] = []
     for layout in layouts:

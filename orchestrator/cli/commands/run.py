@@ -96,6 +96,7 @@ def _launch(plan: Any, args: argparse.Namespace) -> int:
     from qsweep.orchestrator.sweep.launch import prepare_sweep
     from qsweep.orchestrator.trial.worker import execute
     from qsweep.trainers.errors import EXIT_FAILED, EXIT_OK
+    from rich.markup import escape
 
     prepared = prepare_sweep(plan, args.root.resolve())
     directory = prepared.directory
@@ -108,7 +109,7 @@ def _launch(plan: Any, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     try:
         driver = prepared.connect(args.address, args.num_gpus, args.num_cpus, args.concurrency, execute)
-        console.print(f"[bold]qsweep run[/] {plan.spec.name}: {plan.total_trials} trials, "
+        console.print(f"[bold]qsweep run[/] {escape(plan.spec.name)}: {plan.total_trials} trials, "
                       f"{driver.concurrency} at a time on {prepared.placement}", highlight=False)
         if prepared.grown:
             console.print(f"the sweep grows by {prepared.grown}: its trials that ended are kept, the new "

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from qsweep.trainers.errors import EXIT_NAN, EXIT_OK
     from qsweep.trainers.loop import fit, prepare
     from qsweep.trainers.status import TrialStatus
+    from rich.markup import escape
 
     cfg = load_trial_config(args.config, args.overrides)
     default = DEFAULT_ROOT / "train" / f"{args.config.stem}-{cfg.content_hash()[:8]}"
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir / "checkpoints")
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    console.print(f"[bold]qsweep train[/] {args.config} -> {workdir}")
+    console.print(f"[bold]qsweep train[/] {escape(str(args.config))} -> {escape(str(workdir))}")
     console.print(f"model {cfg.model.name} | {cfg.quant.label} | LoRA r={cfg.lora.r} "
                   f"on {cfg.lora.target_modules} | data {cfg.data.name or cfg.data.path}")
     with console.status("loading data and model"):

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from qsweep.trainers.errors import EXIT_NAN, EXIT_OK
     from qsweep.trainers.phases import PhaseClock, process_started
     from qsweep.trainers.status import TrialStatus
+    from rich.markup import escape
 
     cfg = load_trial_config(args.config, args.overrides)
     root = args.root.resolve()
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                         offline_hint="Offline alternatives: eval.tasks=[mmlu_offline,perplexity_offline].")
     run_name = cfg.tracking.run_name or f"{args.config.stem}-{cfg.quant.label}-{trial_hash[:8]}"
     tracker = MlflowTracker.start(uri, cfg.tracking.experiment, run_name)
-    console.print(f"[bold]qsweep trial[/] {args.config} -> {workdir}")
+    console.print(f"[bold]qsweep trial[/] {escape(str(args.config))} -> {escape(str(workdir))}")
     console.print(f"MLflow run {tracker.run_id} in {redact(uri)}", highlight=False)
     status = TrialStatus.FAILED.mlflow_status
     try:
