@@ -43,6 +43,44 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
+MAX_YAML_VALUES = 100_000
+"""The most values a YAML file may expand to, aliases counted each time they are used: a spec or
+config is a few hundred; an alias bomb (``*a`` of ``*b`` of ...) billions."""
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Values ``node`` stands for once its aliases are expanded (computed once per node: an
+    alias is the same node object)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = 1  # a recursive alias counts once
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(item, sizes) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = size
+    return size
+
+
+def _load_bounded(text: str) -> Any:
+    """The YAML document in ``text``, refused before it is built if its aliases expand it past
+    :data:`MAX_YAML_VALUES`."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_VALUES:
+            raise ConfigError([("", f"the YAML expands to {size:,} values (aliases counted each time they "
+                                    f"are used), more than the {MAX_YAML_VALUES:,} a spec may hold")])
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from ``path``; syntax errors become a :class:`ConfigError`."""
@@ -58,9 +96,13 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError([("", f"not UTF-8 text (byte {err.start}: {bad!r}); save the file as UTF-8")],
                           source=str(path)) from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506
+        data = _load_bounded(text)
     except yaml.YAMLError as err:
         raise ConfigError([("", f"invalid YAML: {err}")], source=str(path)) from None
+    except RecursionError:
+        raise ConfigError([("", "the YAML is nested too deeply")], source=str(path)) from None
+    except ConfigError as err:
+        raise ConfigError(err.problems, source=str(path)) from None
     if data is None:
         raise ConfigError([("", "the file is empty (no YAML mapping in it)")], source=str(path))
     if not isinstance(data, dict):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -257,6 +258,17 @@ def load_plan(spec_path: str | Path, overrides: list[str] | None = None) -> Plan
     return plan(spec, path)
 
 
+def _check_size(spec: SweepSpec, source: str) -> None:
+    """Refuse a spec that plans more than ``max_trials`` trials, before its grid is expanded."""
+    cells = math.prod(len(axis.values) for axis in spec.axes())
+    trials = cells * len(spec.seeds) * spec.trials_per_cell_seed
+    if trials > spec.max_trials:
+        key = "grid" if cells > spec.max_trials else "seeds" if spec.search is None else "search.n_trials"
+        raise ConfigError([(key, f"{cells:,} cells x {len(spec.seeds)} seeds x {spec.trials_per_cell_seed} "
+                                 f"trials = {trials:,} trials, more than max_trials ({spec.max_trials:,}); "
+                                 "set max_trials higher if that is meant")], source)
+
+
 def _problems_beyond(data: dict[str, Any], found: list[tuple[str, str]], path: Path) -> list[tuple[str, str]]:
     """The grid and trial problems of a spec whose own keys have problems too — so that one run
     reports everything: the faulty top-level keys are left out (at their defaults) to plan the rest."""
@@ -276,6 +288,7 @@ def _problems_beyond(data: dict[str, Any], found: list[tuple[str, str]], path: P
 def plan(spec: SweepSpec, spec_path: Path) -> Plan:
     """The cells and studies of a validated spec (see :func:`load_plan`)."""
     source = str(spec_path)
+    _check_size(spec, source)
     problems: list[tuple[str, str]] = []
     base: dict[str, Any] = {}
     if spec.base is not None:

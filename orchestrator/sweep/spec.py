@@ -386,6 +386,10 @@ class SweepSpec(BaseModel):
     settings (``data_type: {NF4+DQ: {quant.type: nf4, quant.double_quant: true}, ...}``)."""
     seeds: list[int] = [0]
     """Repeats of every cell: each seed sets train.seed (and seeds the sampler)."""
+    max_trials: int = Field(10_000, gt=0)
+    """The most trials the spec may plan (cells x seeds x search trials), checked before the grid
+    is expanded: a typo such as a 6-axis grid of 10 values each (a million cells) is refused at
+    once, with its count. Raise it for a sweep that big on purpose."""
     search: SearchSpec | None = None
     """Optuna search inside every (cell, seed); without it each (cell, seed) is one trial."""
     objectives: list[Objective] = [Objective(metric="train/final_loss", direction="minimize")]

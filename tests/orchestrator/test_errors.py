@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import qsweep.orchestrator.cli.commands.plan as plan_command
+import yaml
 from qsweep.orchestrator.cli.main import main
 from qsweep.trainers import errors
 from qsweep.trainers.errors import (
@@ -109,3 +110,31 @@ def test_what_the_user_wrote_is_never_read_as_markup(tmp_path, capsys) -> None:
     assert main(["plan", str(spec)]) == 2
     err = capsys.readouterr().err
     assert "[/bold]" in err and "MarkupError" not in err and "Traceback" not in err
+
+
+def test_a_grid_of_a_million_cells_is_refused_at_once_with_its_count(tmp_path, capsys) -> None:
+    keys = ("lora.r", "lora.alpha", "train.max_steps", "train.learning_rate", "data.limit", "eval.limit")
+    axes = {key: list(range(1, 11)) for key in keys}
+    spec = tmp_path / "huge.yaml"
+    spec.write_text(yaml.safe_dump({"name": "huge", "base": "smollm2-offline", "grid": axes,
+                                    "seeds": [0, 1]}))
+    assert main(["plan", str(spec)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("grid: 1,000,000 cells x 2 seeds x 1 trials = 2,000,000 trials, more than max_trials "
+            "(10,000)") in err
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump({"name": "small", "base": "smollm2-offline", "grid": {"lora.r": [8, 16]},
+                                     "seeds": [0, 1], "max_trials": 3}))
+    assert main(["plan", str(small)]) == 2
+    assert "seeds: 2 cells x 2 seeds x 1 trials = 4 trials" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, capsys) -> None:
+    levels = ["a0: &a0 [8, 16]"] + [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+                                     f"*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 10)]
+    spec = tmp_path / "bomb.yaml"
+    anchors = "\n".join(f"  {line}" for line in levels)
+    spec.write_text(f"name: bomb\nbase: smollm2-offline\nanchors:\n{anchors}\ngrid: {{lora.r: *a9}}\n")
+    assert main(["plan", str(spec)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "values (aliases counted each time they are used), more than the 100,000" in err
