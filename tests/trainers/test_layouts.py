@@ -300,13 +300,20 @@ def test_relaxed_checkpointing_keeps_the_last_layers_and_gradients(tiny_config, 
     assert checkpointed_layers(relaxed) == [True] * (layers - 1) + [False]
     assert not any(checkpointed_layers(everything))
 
-    micro_batches = [BatchOrder(len(full.examples), 2, seed=0).micro_batch(k) for k in range(4)]
-    full_loss, full_grads = step_loss_and_grads(full, micro_batches)
-    relaxed_loss, relaxed_grads = step_loss_and_grads(relaxed, micro_batches)
-    assert relaxed_loss == pytest.approx(full_loss, rel=1e-6)
-    assert full_grads.keys() == relaxed_grads.keys() and len(full_grads) > 0
-    for name, grad in full_grads.items():
-        torch.testing.assert_close(relaxed_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert_same_step(full, relaxed, micro_batches=4, rel=1e-6, atol=1e-7)
+
+
+def assert_same_step(reference, other, micro_batches: int, rel: float, atol: float) -> None:
+    """One optimizer step of ``micro_batches`` micro-batches gives ``reference``'s loss and LoRA
+    gradients on ``other`` (another way of computing the same model)."""
+    order = BatchOrder(len(reference.examples), 2, seed=0)
+    batches = [order.micro_batch(k) for k in range(micro_batches)]
+    reference_loss, reference_grads = step_loss_and_grads(reference, batches)
+    other_loss, other_grads = step_loss_and_grads(other, batches)
+    assert other_loss == pytest.approx(reference_loss, rel=rel)
+    assert reference_grads.keys() == other_grads.keys() and len(reference_grads) > 0
+    for name, grad in reference_grads.items():
+        torch.testing.assert_close(other_grads[name], grad, rtol=10 * rel, atol=atol, msg=name)
 
 
 def test_relaxed_checkpointing_is_not_part_of_the_identity(tiny_config, varied_data: Path) -> None:
@@ -322,13 +329,7 @@ def test_compiled_layers_give_the_plain_step_loss_and_lora_gradients(tiny_config
     compiled = prepare(tiny_config(**layout(varied_data, compile=True)))
     assert all(layer._compiled_call_impl is not None for layer in decoder_layers(compiled.qlora.model))
     assert all(layer._compiled_call_impl is None for layer in decoder_layers(plain.qlora.model))
-    micro_batches = [BatchOrder(len(plain.examples), 2, seed=0).micro_batch(k) for k in range(2)]
-    plain_loss, plain_grads = step_loss_and_grads(plain, micro_batches)
-    compiled_loss, compiled_grads = step_loss_and_grads(compiled, micro_batches)
-    assert compiled_loss == pytest.approx(plain_loss, rel=1e-5)
-    assert plain_grads.keys() == compiled_grads.keys() and len(plain_grads) > 0
-    for name, grad in plain_grads.items():
-        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_step(plain, compiled, micro_batches=2, rel=1e-5, atol=1e-6)
     assert tiny_config(**layout(varied_data, compile=True)).content_hash() == \
         tiny_config(**layout(varied_data)).content_hash()
 
