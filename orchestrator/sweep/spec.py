@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from qsweep.orchestrator.report.layouts import PRESETS, Layout, layout_from
+from qsweep.orchestrator.trial.config import TRACKING_SCHEMES, check_url
 from qsweep.trainers.config import ConfigProblems, ConfigSection
 from qsweep.trainers.config_loading import describe
 
@@ -360,10 +361,13 @@ class StorageSpec(ConfigSection):
     @field_validator("optuna")
     @classmethod
     def _check_optuna(cls, url: str | None) -> str | None:
-        schemes = ("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql://", "mysql+pymysql://")
-        if url is not None and not url.startswith(schemes):
-            raise ValueError(f"must be an SQLAlchemy URL starting with one of {', '.join(schemes)}")
-        return url
+        return check_url(url, ("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql://",
+                               "mysql+pymysql://"))
+
+    @field_validator("tracking")
+    @classmethod
+    def _check_tracking(cls, url: str | None) -> str | None:
+        return check_url(url, TRACKING_SCHEMES)
 
 
 class SweepSpec(BaseModel):

@@ -8,6 +8,7 @@ anything loads. Example::
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 
 from pydantic import field_validator
@@ -17,6 +18,21 @@ from qsweep.trainers.config_loading import load_config
 
 TRACKING_SCHEMES = ("http://", "https://", "sqlite:///", "postgresql://", "postgresql+psycopg2://",
                     "mysql://", "mysql+pymysql://", "file:", "databricks")
+
+
+def check_url(url: str | None, schemes: tuple[str, ...]) -> str | None:
+    """``url`` if it starts with one of ``schemes`` and any port it names is a number in range;
+    the error never repeats the URL (it may hold a password)."""
+    if url is None:
+        return None
+    if not url.startswith(schemes):
+        raise ValueError(f"must start with one of {', '.join(schemes)}, got a URI with scheme "
+                         f"{url.split(':', 1)[0]!r}")
+    try:
+        urllib.parse.urlsplit(url).port  # noqa: B018 - parsing it is the check
+    except ValueError as err:
+        raise ValueError(f"has an invalid port ({err})") from None
+    return url
 
 
 class TrackingConfig(ConfigSection):
@@ -32,10 +48,7 @@ class TrackingConfig(ConfigSection):
     @field_validator("uri")
     @classmethod
     def _check_uri(cls, uri: str | None) -> str | None:
-        if uri is not None and not uri.startswith(TRACKING_SCHEMES):
-            raise ValueError(f"must start with one of {', '.join(TRACKING_SCHEMES)}, got a URI "
-                             f"with scheme {uri.split(':', 1)[0]!r}")
-        return uri
+        return check_url(uri, TRACKING_SCHEMES)
 
 
 class TrialConfig(TrainingConfig):

@@ -138,3 +138,14 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, capsys) -> Non
     assert main(["plan", str(spec)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "values (aliases counted each time they are used), more than the 100,000" in err
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("storage.tracking=gopher://host/x", "storage.tracking: must start with one of http://"),
+    ("storage.optuna=postgresql://qsweep:secret@db:99999/optuna", "storage.optuna: has an invalid port"),
+    ("storage.tracking=http://user:secret@host:port/", "storage.tracking: has an invalid port"),
+])
+def test_storage_urls_are_checked_in_plan_with_their_key(capsys, override: str, expected: str) -> None:
+    assert main(["plan", "demo", override]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert expected in err and "secret" not in err  # a password is never repeated
