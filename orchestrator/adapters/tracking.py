@@ -219,17 +219,10 @@ class MlflowTracker:
         for chunk in _chunks(items, 1000):
             self.client.log_batch(self.run_id, metrics=chunk)
 
-    def logged_metric_names(self) -> set[str]:
-        """The metrics this run holds (any step)."""
-        return set(self.latest_metric_steps())
-
     def latest_metric_steps(self) -> dict[str, int]:
-        """Each metric of this run and the highest step it was logged at."""
+        """Each metric of this run and the highest step it was logged at (MLflow keeps a
+        metric's latest value at its highest step)."""
         return {m.key: m.step for m in self.client.get_run(self.run_id).data._metric_objs}
-
-    def last_logged_step(self, metric: str) -> int:
-        """The highest step at which ``metric`` was logged (0 when never)."""
-        return max((m.step for m in self.client.get_metric_history(self.run_id, metric)), default=0)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag

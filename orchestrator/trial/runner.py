@@ -5,8 +5,8 @@ through ``tracker``. A plain function: no Ray and no Optuna; the sweep runner wr
 
 What the tracker receives:
 
-* params: the flattened trial config (``quant.type``, ``lora.r``, ...);
-* params: settings that do not apply to the run are ``n/a`` (the 4-bit type of a 16-bit base);
+* params: the flattened trial config (``quant.type``, ``lora.r``, ...), settings that do not
+  apply to the run as ``n/a`` (the 4-bit type of a 16-bit base);
 * metrics: ``train/*`` at every step; ``model/*`` footprint at step 0; ``eval/*`` at the last
   step, and at step 0 for the untuned base when ``eval.baseline`` is on (also named
   ``eval_base/*``, so tables show it beside the tuned value); ``system/*`` (CPU, memory,
@@ -84,8 +84,6 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
-    def last_logged_step(self, metric: str) -> int: ...
-    def logged_metric_names(self) -> set[str]: ...
     def latest_metric_steps(self) -> dict[str, int]: ...
     def runs_tagged(self, tag: str, value: str) -> list[str]: ...
     def download_artifacts(self, run_id: str, path: str, into: Path) -> Path: ...
@@ -261,9 +259,10 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
             "model/bits_per_quantized_param": qlora.footprint.bits_per_quantized_param,
             "model/trainable_params": float(qlora.trainable_params),
         }
-        if not set(footprint) <= tracker.logged_metric_names():  # a retried run logged them before
+        latest = tracker.latest_metric_steps()  # what a retried run logged before
+        if not footprint.keys() <= latest.keys():
             tracker.log_metrics(footprint, step=0)
-        logged = tracker.last_logged_step("train/loss")
+        logged = latest.get("train/loss", 0)
     with phases.phase("wait"):
         turns.take_turn()
     # One sizer for every evaluation of this model: its memory is measured once.

@@ -87,7 +87,6 @@ def publish(uri: str, experiment: str, sweep: str, layouts: list[Any], out: Path
         if parent is not None:
             for path in files:
                 parent.log_artifact(path, "report")
-        if parent is not None:
             parent.log_metrics(cell_means(layout.name, table), step=0)
         logged = f"; logged on parent run {records.parent_run_id}" if parent is not None else ""
         console.print(f"wrote {', '.join(p.name for p in files)} to {out}{logged}", highlight=False)
