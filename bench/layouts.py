@@ -84,6 +84,20 @@ VARIANTS = {
     "packed32-compile-flce": [*PACKED32, "train.compile=true", "train.kernels=auto"],
     "packed32-compile-flce-relax4": [*PACKED32, "train.compile=true", "train.kernels=auto",
                                      "train.uncheckpointed_layers=4"],
+    # torch's fused AdamW in place of bitsandbytes' paged one (the same update rule, fp32 states)
+    "packed32-compile-bf16emb-adamw": [*PACKED32, "train.compile=true", "train.fp32_embeddings=false",
+                                       "train.optimizer=adamw"],
+    "packed32-compile-bf16emb-nockpt-adamw": [*PACKED32, "train.compile=true", "train.fp32_embeddings=false",
+                                              "train.gradient_checkpointing=false", "train.optimizer=adamw"],
+    # more examples a step without checkpointing: more tokens per forward pass
+    "packed64-compile-bf16emb-nockpt-adamw": ["train.micro_batch_size=64", "train.grad_accum_steps=1",
+                                              "train.packing=true", "train.compile=true",
+                                              "train.fp32_embeddings=false",
+                                              "train.gradient_checkpointing=false", "train.optimizer=adamw"],
+    "packed128-compile-bf16emb-nockpt-adamw": ["train.micro_batch_size=128", "train.grad_accum_steps=1",
+                                               "train.packing=true", "train.compile=true",
+                                               "train.fp32_embeddings=false",
+                                               "train.gradient_checkpointing=false", "train.optimizer=adamw"],
     "packed16": [*PACKED16],
     "packed16-compile-bf16emb": [*PACKED16, "train.compile=true", "train.fp32_embeddings=false"],
 }

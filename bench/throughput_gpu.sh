@@ -6,6 +6,10 @@
 #   bash bench/throughput_gpu.sh compiled  # the same with compiled layers, embeddings in bf16
 #   bash bench/throughput_gpu.sh seq1024   # sequence length 1024: the qlora.py defaults'
 #                                          # memory and unconstrained, against the plain loop
+#   bash bench/throughput_gpu.sh trial     # qsweep trial, fast layout, against the plain loop
+#                                          # padded on the same short rows
+#   bash bench/throughput_gpu.sh profile   # profile of the compiled step, batch 16, more tokens
+#   bash bench/throughput_gpu.sh adamw     # the fast layout with torch's fused AdamW: trial, unconstrained
 #
 # Results land in $OUT (default bench/results/latest).
 OUT=${OUT:-bench/results/latest}
@@ -46,6 +50,42 @@ case "$1" in
       --configs qlora-mb2-liger,qlora-mb4-liger --out "$OUT/seq1024_liger.json" > "$OUT/seq1024_liger.log" 2>&1
     timeout 150 python3 bench/layouts.py --steps 10 --warmup 3 --variants packed32,packed32-compile \
       --repeats 1 --out "$OUT/compiled32_again.json" > "$OUT/compiled32_again.log" 2>&1
+    ;;
+  trial)   # issue 11's "done when": qsweep trial against the plain loop on the same short rows
+    timeout 150 python3 bench/train_throughput.py --model-dir /tmp/llama3-8b --rows mmlu-heldout --steps 8 \
+      --impls reference --configs short-padded-mb32,short-padded-mb16 \
+      --out "$OUT/short_reference.json" > "$OUT/short_reference.log" 2>&1
+    timeout 240 python3 bench/trial_gpu.py --variants after --out "$OUT/trial_fast32.json" --timeout 230 \
+      train.micro_batch_size=32 train.grad_accum_steps=1 train.packing=true train.compile=true \
+      train.fp32_embeddings=false train.max_steps=30 > "$OUT/trial_fast32.log" 2>&1
+    ;;
+  profile)  # where the compiled step's time goes; the paper's batch of 16; more tokens a pass
+    timeout 150 python3 bench/profile_step.py --warmup 4 --out "$OUT/profile_compiled32.json" \
+      train.micro_batch_size=32 train.grad_accum_steps=1 train.packing=true train.compile=true \
+      train.fp32_embeddings=false > "$OUT/profile_compiled32.log" 2>&1
+    timeout 200 python3 bench/trial_gpu.py --variants after --out "$OUT/trial_fast16.json" --timeout 190 \
+      train.micro_batch_size=16 train.grad_accum_steps=1 train.packing=true train.compile=true \
+      train.fp32_embeddings=false train.max_steps=30 > "$OUT/trial_fast16.log" 2>&1
+    timeout 220 python3 bench/layouts.py --steps 10 --warmup 3 --repeats 1 --variants \
+      packed32-compile-bf16emb-adamw,packed128-compile-bf16emb-nockpt-adamw \
+      --out "$OUT/more_tokens.json" > "$OUT/more_tokens.log" 2>&1
+    ;;
+  adamw)   # torch's fused AdamW (the profile: the paged optimizer's per-tensor launches bound the step)
+    timeout 200 python3 bench/trial_gpu.py --variants after --out "$OUT/trial_fast32_adamw.json" --timeout 190 \
+      train.micro_batch_size=32 train.grad_accum_steps=1 train.packing=true train.compile=true \
+      train.fp32_embeddings=false train.optimizer=adamw train.max_steps=30 > "$OUT/trial_fast32_adamw.log" 2>&1
+    timeout 220 python3 bench/layouts.py --steps 10 --warmup 3 --repeats 1 --variants \
+      packed32-compile-bf16emb-nockpt-adamw,packed64-compile-bf16emb-nockpt-adamw \
+      --out "$OUT/unconstrained.json" > "$OUT/unconstrained.log" 2>&1
+    ;;
+  evalfix)  # evaluation of compiled layers run eagerly (after) against compiling them (before:
+            # .bench-before holds the commit before, `git archive HEAD~N | tar -x -C .bench-before`)
+    FAST="train.packing=true train.compile=true train.fp32_embeddings=false train.optimizer=adamw train.max_steps=30"
+    timeout 330 python3 bench/trial_gpu.py --variants after,before --before .bench-before --timeout 160 \
+      --out "$OUT/trial_fast32_evalfix.json" train.micro_batch_size=32 train.grad_accum_steps=1 $FAST \
+      > "$OUT/trial_fast32_evalfix.log" 2>&1
+    timeout 160 python3 bench/trial_gpu.py --variants after --out "$OUT/trial_fast16_adamw.json" --timeout 150 \
+      train.micro_batch_size=16 train.grad_accum_steps=1 $FAST > "$OUT/trial_fast16_adamw.log" 2>&1
     ;;
   seq1024)
     timeout 200 python3 bench/train_throughput.py --model-dir /tmp/llama3-8b --steps 8 \

@@ -14,6 +14,14 @@ On a GPU (Llama-3-8B shape, random weights created there, sequence length 1024):
 
     python bench/train_throughput.py --model-dir /tmp/llama3-8b --create --out results.json
 
+Short examples (``--rows mmlu-heldout``): the reference loop trains on the rows ``qsweep trial``
+trains on (``mmlu-heldout`` tokenized by qsweep's own data path, response-only labels, 78 real
+tokens an example), in seeded random micro-batches padded to their longest row, as the issue's
+plain loop did; tokens/s counts real tokens only (padding excluded)::
+
+    python bench/train_throughput.py --model-dir /tmp/llama3-8b --rows mmlu-heldout \
+        --impls reference --configs short-padded-mb32,short-padded-mb16 --steps 8
+
 CPU smoke run of the same code (tiny model)::
 
     python bench/train_throughput.py --model-dir /tmp/tiny --create --shape tiny \\
@@ -29,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workers import environment, report, run_worker  # noqa: E402
@@ -60,6 +69,9 @@ CONFIGS: dict[str, dict] = {
                                     kernels="auto", relax=16),
     "nf4dq-mb16-liger-relax8": dict(bits=4, type="nf4", dq=True, ckpt=True, mb=16, optim="adamw",
                                     kernels="auto", relax=8),
+    # short examples, reference only (--rows mmlu-heldout): the issue's plain loop, padded
+    "short-padded-mb32": dict(bits=4, type="nf4", dq=True, ckpt=True, mb=32, optim="paged_adamw_32bit"),
+    "short-padded-mb16": dict(bits=4, type="nf4", dq=True, ckpt=True, mb=16, optim="paged_adamw_32bit"),
 }
 
 
@@ -133,15 +145,16 @@ def run_reference(model_dir: Path, spec: dict, args: argparse.Namespace) -> dict
         optimizer = bnb.optim.PagedAdamW32bit(params, lr=2e-4)
     else:
         optimizer = torch.optim.AdamW(params, lr=2e-4, fused=device.type == "cuda")
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 256, (spec["mb"], args.seq_len), generator=generator).to(device)
+    batches = reference_batches(args, spec["mb"], args.warmup + args.steps, model.config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timed = 0.0
-    for step in range(args.warmup + args.steps):
+    tokens = 0
+    for step, batch in enumerate(batches):
+        batch = {key: value.to(device) for key, value in batch.items()}
         started = time.perf_counter()
         with torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32):
-            loss = model(input_ids=ids, labels=ids).loss
+            loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 0.3)
         optimizer.step()
@@ -150,9 +163,51 @@ def run_reference(model_dir: Path, spec: dict, args: argparse.Namespace) -> dict
             torch.cuda.synchronize(device)
         if step >= args.warmup:
             timed += time.perf_counter() - started
+            tokens += int(batch["attention_mask"].sum())
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    return {"tokens_per_s": spec["mb"] * args.seq_len * args.steps / timed, "peak_bytes": peak,
-            "final_loss": float(loss)}
+    return {"tokens_per_s": tokens / timed, "peak_bytes": peak, "final_loss": float(loss),
+            "tokens_per_step": tokens // args.steps}
+
+
+def reference_batches(args: argparse.Namespace, micro: int, steps: int, config: Any) -> list[dict]:
+    """The reference loop's micro-batches: random ids of ``--seq-len`` (every token trained), or
+    with ``--rows``, the rows in ``args.data`` drawn in a seeded random order and padded to the
+    longest of each micro-batch (labels -100 and attention mask 0 on padding)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    if args.rows is None:
+        ids = torch.randint(0, 256, (micro, args.seq_len), generator=generator)
+        return [{"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}] * steps
+    rows = [json.loads(line) for line in args.data.read_text().splitlines()]
+    order = torch.randperm(len(rows), generator=generator).tolist()
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    batches = []
+    for step in range(steps):
+        chosen = [rows[order[(step * micro + i) % len(rows)]] for i in range(micro)]
+        longest = max(len(row["input_ids"]) for row in chosen)
+        batch = {"input_ids": torch.full((micro, longest), pad), "labels": torch.full((micro, longest), -100),
+                 "attention_mask": torch.zeros((micro, longest), dtype=torch.long)}
+        for i, row in enumerate(chosen):
+            n = len(row["input_ids"])
+            batch["input_ids"][i, :n] = torch.tensor(row["input_ids"])
+            batch["labels"][i, :n] = torch.tensor(row["labels"])
+            batch["attention_mask"][i, :n] = 1
+        batches.append(batch)
+    return batches
+
+
+def write_rows(path: Path, dataset: str, model_dir: Path) -> None:
+    """The examples ``qsweep trial`` trains on for ``data.name: dataset`` (qsweep's own template,
+    tokenization and labels), one JSON object of token ids and labels a line."""
+    from qsweep.trainers.config_loading import validate
+    from qsweep.trainers.loop import prepare_data
+
+    cfg = validate({"model": {"name": str(model_dir)}, "data": {"name": dataset}, "train": {"device": "cpu"}})
+    with open(path, "w") as handle:
+        for example in prepare_data(cfg).examples:
+            row = {"input_ids": list(example.input_ids), "labels": list(example.labels)}
+            handle.write(json.dumps(row) + "\n")
 
 
 WORDS = (" the", " of", " and", " to", " in", " is", " that", " for", " it", " as", " with", " was", " on",
@@ -177,6 +232,8 @@ def write_data(path: Path, seq_len: int, model_dir: Path, rows: int = 128) -> No
 
 def worker(args: argparse.Namespace) -> None:
     spec = CONFIGS[args.config]
+    if args.impl == "qsweep" and args.rows:
+        raise SystemExit("qsweep on a dataset's rows is measured through qsweep trial (trial_gpu.py)")
     if args.impl == "qsweep":
         result = run_qsweep(args.model_dir, args.data, spec, args)
     else:
@@ -192,6 +249,8 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=128_256)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--rows", default=None, help="train the reference on a dataset's rows "
+                        "(mmlu-heldout) instead of random ids of --seq-len")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--configs", default=",".join(CONFIGS))
@@ -214,8 +273,12 @@ def main() -> None:
         write_random_llama(args.model_dir, args.shape, dtype=torch.bfloat16, device=args.device,
                            vocab_size=args.vocab_size if args.shape != "tiny" else None)
         print(f"created {args.shape} in {time.perf_counter() - started:.0f} s", flush=True)
-    data = args.model_dir.parent / f"bench-data-{args.seq_len}.jsonl"
-    write_data(data, args.seq_len, args.model_dir)
+    if args.rows:
+        data = args.model_dir.parent / f"bench-rows-{args.rows}.jsonl"
+        write_rows(data, args.rows, args.model_dir)
+    else:
+        data = args.model_dir.parent / f"bench-data-{args.seq_len}.jsonl"
+        write_data(data, args.seq_len, args.model_dir)
 
     results = []
     for name in args.configs.split(","):
@@ -223,13 +286,14 @@ def main() -> None:
             row = {"config": name, "impl": impl, **CONFIGS[name], **run_worker([
                 __file__, "--worker", f"--impl={impl}", f"--config={name}", f"--model-dir={args.model_dir}",
                 f"--data={data}", f"--device={args.device}", f"--seq-len={args.seq_len}",
-                f"--steps={args.steps}", f"--warmup={args.warmup}"])}
+                f"--steps={args.steps}", f"--warmup={args.warmup}",
+                *([f"--rows={args.rows}"] if args.rows else [])])}
             results.append(row)
             shown = {k: v for k, v in row.items() if k in ("config", "impl", "tokens_per_s",
                                                            "peak_bytes", "wall_s", "error")}
             print(json.dumps(shown), flush=True)
             if args.out:
-                payload = {"environment": environment(), "seq_len": args.seq_len,
+                payload = {"environment": environment(), "seq_len": args.seq_len, "rows": args.rows,
                            "steps": args.steps, "warmup": args.warmup, "shape": args.shape,
                            "results": results}
                 args.out.write_text(json.dumps(payload, indent=1))

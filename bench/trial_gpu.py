@@ -22,6 +22,7 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
     command = [python(), "-m", "qsweep.orchestrator.cli", "trial", str(Path(args.config).resolve()),
-               "--root", str(runs), *args.overrides]
+               *args.overrides, "--root", str(runs)]
     if args.profile and variant == "after":
         command = ["py-spy", "record", "-r", "10", "-f", "raw", "--nonblocking", "-o",
                    str(Path(args.out).with_suffix(".pyspy.txt")), "--", *command]
@@ -64,8 +65,25 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
         row["phases"], row["phases_from"] = phases_of_run(client, run)
         row["metrics"] = {k: v for k, v in run.data.metrics.items()
                           if k in ("eval/mmlu_offline/acc", "eval/perplexity", "train/mean_tokens_per_s",
-                                   "train/peak_memory_bytes")}
+                                   "train/peak_memory_bytes", "train/final_loss")}
+        row.update(steady_throughput(client, run.info.run_id, args.skip_steps))
+        row["system_metrics"] = {k: v for k, v in run.data.metrics.items() if k.startswith("system/")}
     return row
+
+
+def steady_throughput(client, run_id: str, skip: int) -> dict:
+    """Training throughput once warm: the steps after the first ``skip`` (which pay for
+    compilation and the allocator's growth), from the run's per-step ``train/*`` metrics."""
+    rates = [m.value for m in sorted(client.get_metric_history(run_id, "train/tokens_per_s"),
+                                     key=lambda m: m.step)]
+    losses = [m.value for m in sorted(client.get_metric_history(run_id, "train/loss"), key=lambda m: m.step)]
+    warm = rates[skip:]
+    if not warm:
+        return {}
+    return {"steps": len(rates), "skipped_steps": skip,
+            "steady_tokens_per_s_median": round(statistics.median(warm), 1),
+            "steady_tokens_per_s_mean": round(statistics.fmean(warm), 1),
+            "loss_by_step": [round(x, 4) for x in losses]}
 
 
 def main() -> None:
@@ -76,6 +94,8 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/trial-gpu", help="runs roots, one per variant")
     parser.add_argument("--profile", action="store_true", help="py-spy record the after variant")
     parser.add_argument("--timeout", type=float, default=560)
+    parser.add_argument("--skip-steps", type=int, default=5, help="warm-up steps left out of the steady "
+                        "tokens/s")
     parser.add_argument("--out", required=True)
     parser.add_argument("overrides", nargs="*", help="trial config overrides, e.g. train.max_steps=10")
     args = parser.parse_args()

@@ -178,6 +178,14 @@ def _frozen_weights_in(model: Any, dtype: torch.dtype | None) -> Iterator[None]:
             param.data = param.data.to(torch.float32)
 
 
+def _eager() -> contextlib.AbstractContextManager[None]:
+    """Run layers compiled for training (``train.compile``) as they are written: their graphs are
+    traced for training's shapes and float32 frozen weights, and evaluation's (no gradients,
+    weights cast down, other lengths) would compile new ones, which costs more than it saves on
+    a single evaluation (bench/README.md, "qsweep trial with the fast layout")."""
+    return torch.compiler.set_stance("force_eager")
+
+
 @functools.cache
 def _sized_lm_class() -> type:
     """lm-eval's ``HFLM`` with batch sizes from a :class:`BatchSizer` (made on first use, so
@@ -324,7 +332,7 @@ def evaluate_model(model: Any, tokenizer: Any, cfg: EvalConfig, *, compute_dtype
     started = time.perf_counter()
     attempts = 0
     try:
-        with _preserved_rng(), torch.no_grad(), _frozen_weights_in(model, weight_dtype):
+        with _preserved_rng(), torch.no_grad(), _frozen_weights_in(model, weight_dtype), _eager():
             raw = None
             while raw is None:
                 attempts += 1

@@ -49,3 +49,23 @@ def test_evaluation_runs_frozen_weights_in_the_load_dtype_and_restores_them(tiny
     assert seen and set(seen) == {torch.bfloat16}
     after = dict(model.named_parameters())
     assert all(after[n].dtype == t.dtype and torch.equal(after[n], t) for n, t in before.items())
+
+
+def test_evaluating_a_compiled_model_compiles_nothing_and_training_still_does(tiny_config,
+                                                                              tmp_path: Path) -> None:
+    """Layers compiled for training (train.compile) are evaluated eagerly: no new graphs for
+    evaluation's shapes; training afterwards runs the compiled layers as before."""
+    from qsweep.evaluation.config import EvalConfig
+    from qsweep.evaluation.harness import evaluate_model
+    from qsweep.trainers.loop import fit, prepare
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = tiny_config(train={"max_steps": 2, "compile": True})
+    setup = prepare(cfg)
+    evaluation = EvalConfig(tasks=["perplexity_offline"], limit=2)
+    evaluate_model(setup.qlora.model, setup.qlora.tokenizer, evaluation, compute_dtype=torch.float32)
+    assert counters["stats"]["unique_graphs"] == 0
+    fit(setup, cfg, tmp_path / "train")
+    assert counters["stats"]["unique_graphs"] > 0
