@@ -138,10 +138,23 @@ def _load_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     return kwargs
 
 
+def require_safetensors(source: str) -> None:
+    """Refuse a local model directory without safetensors weights before anything loads: qsweep
+    never unpickles weights (a ``.bin`` file can run code when loaded)."""
+    directory = Path(source)
+    if directory.is_dir() and not any(directory.glob("*.safetensors")):
+        found = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        what = f"only {', '.join(found)}" if found else "no weights"
+        raise SetupError("model.name", f"{source} holds {what}, and qsweep loads weights from .safetensors "
+                                       "files only; convert them (safetensors.torch.save_file) or point "
+                                       "model.name at a directory with safetensors")
+
+
 def check_targets(source: str, cfg: TrainingConfig) -> list[str]:
     """Resolve the LoRA targets on a weightless (meta-device) skeleton of the model."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    require_safetensors(source)
     model_config = AutoConfig.from_pretrained(source, **_load_kwargs(cfg.model))
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(

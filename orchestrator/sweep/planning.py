@@ -128,6 +128,24 @@ class Plan:
         data = apply_overrides(self.base, {**cell.settings, "train.seed": seed, **(params or {})})
         return validate(data, TrialConfig, source=f"{self.source} (cell {cell.describe()})")
 
+    def remote_code_keys(self) -> list[str]:
+        """Where the spec turns ``model.trust_remote_code`` on, as key paths: such a sweep runs
+        code from the model's repository in every trial, so the CLI asks for
+        ``--trust-remote-code`` (:func:`check_remote_code`)."""
+        key = "model.trust_remote_code"
+        keys = []
+        if _value_at(self.base, key) is True:
+            keys.append(f"trial.{key}" if _has_path(self.spec.trial, key) else f"{self.spec.base}: {key}")
+        for axis in self.spec.axes():
+            for i, (label, settings) in enumerate(axis.values):
+                if settings.get(key) is True:
+                    where = f"[{i}]" if axis.name == key else f".{label}.{key}"
+                    keys.append(f"grid.{axis.name}{where}")
+        space = self.spec.search.space if self.spec.search else {}
+        if key in space and True in getattr(space[key], "choices", []):
+            keys.append(f"search.space.{key}")
+        return keys
+
     def fingerprint(self) -> str:
         """Hash of what defines the sweep's trials: cells, seeds, search, objectives."""
         search = self.spec.search.model_dump(mode="json") if self.spec.search else None
@@ -351,6 +369,28 @@ def plan(spec: SweepSpec, spec_path: Path) -> Plan:
     if problems:
         raise ConfigError(problems, source)
     return Plan(spec, source, start, cells)
+
+
+def check_remote_code(plan: Plan, allowed: bool) -> list[str]:
+    """The keys that turn ``model.trust_remote_code`` on (see :meth:`Plan.remote_code_keys`).
+
+    Raises:
+        ConfigError: some do and ``allowed`` (``--trust-remote-code``) is not given.
+    """
+    keys = plan.remote_code_keys()
+    if keys and not allowed:
+        raise ConfigError([(key, "true runs code from the model's repository in every trial; pass "
+                                 "--trust-remote-code to allow it") for key in keys], plan.source)
+    return keys
+
+
+def _value_at(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def _has_path(data: dict[str, Any], dotted: str) -> bool:

@@ -149,3 +149,41 @@ def test_storage_urls_are_checked_in_plan_with_their_key(capsys, override: str, 
     assert main(["plan", "demo", override]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert expected in err and "secret" not in err  # a password is never repeated
+
+
+@pytest.mark.parametrize(("spec", "key"), [
+    ({"trial": {"model": {"trust_remote_code": True}}}, "trial.model.trust_remote_code"),
+    ({"grid": {"model.trust_remote_code": [False, True]}}, "grid.model.trust_remote_code[1]"),
+    ({"grid": {"remote": {"yes": {"model.trust_remote_code": True, "lora.r": 8}}}},
+     "grid.remote.yes.model.trust_remote_code"),
+])
+def test_trust_remote_code_in_a_spec_needs_the_command_line_flag(tmp_path, capsys, spec: dict,
+                                                                  key: str) -> None:
+    path = tmp_path / "remote.yaml"
+    path.write_text(yaml.safe_dump({"name": "remote", "base": "smollm2-offline", **spec}))
+    for command in (["plan"], ["run"]):
+        assert main([*command, str(path), "--root", str(tmp_path / "runs")]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"{key}: true runs code from the model's repository" in err and "--trust-remote-code" in err
+    assert not (tmp_path / "runs").exists()  # refused before anything was created
+    assert main(["plan", str(path), "--trust-remote-code"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"warning: trust_remote_code is on ({key})" in err
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump({"name": "plain", "base": "smollm2-offline"}))
+    assert main(["plan", str(plain)]) == 0 and "trust_remote_code" not in capsys.readouterr().err
+
+
+def test_a_model_directory_without_safetensors_is_one_clear_error(tmp_path, capsys, tiny_model_dir) -> None:
+    import shutil
+
+    model = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "model.safetensors").rename(model / "pytorch_model.bin")
+    config = tmp_path / "trial.yaml"
+    config.write_text(yaml.safe_dump({"model": {"name": str(model)}, "data": {"name": "mmlu-heldout"},
+                                      "train": {"max_steps": 1, "device": "cpu"}}))
+    assert main(["train", str(config), "--workdir", str(tmp_path / "work")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"model.name: {model} holds only pytorch_model.bin, and qsweep loads weights from" in err
+    assert "Traceback" not in err

@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, help_text
+from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, add_trust_flag, gate_remote_code, help_text
 
 
 def add_parser(commands: Any) -> None:
@@ -32,6 +32,7 @@ def add_parser(commands: Any) -> None:
                         help="a finished sweep whose recorded answers give the share of questions two rows "
                              "answer differently (else assumed)")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"runs root (default {DEFAULT_ROOT})")
+    add_trust_flag(parser)
     parser.add_argument("--tracking-uri", help="MLflow store of a pilot run elsewhere")
     parser.add_argument("--experiment", help="MLflow experiment of a pilot run elsewhere")
     parser.set_defaults(handler=run)
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     # configs that the estimates resolve again tolerate them too
     with tolerating_missing_files() as missing:
         plan = load_plan(args.spec, args.overrides)
+        gate_remote_code(plan, args)
         console.print(plan_table(plan))
         for path in dict.fromkeys(missing):
             console.print(f"[yellow]warning:[/] data.path {escape(path)!r} does not exist here: qsweep run "

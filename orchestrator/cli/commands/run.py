@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, help_text
+from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, add_trust_flag, gate_remote_code, help_text
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +28,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="local cluster only: CPUs to declare (default: detected)")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="trials at a time (default: the spec's, else what the cluster holds)")
+    add_trust_flag(parser)
 
 
 def add_parser(commands: Any) -> None:
@@ -50,7 +51,9 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from qsweep.orchestrator.sweep.planning import load_plan
 
-    return _launch(load_plan(args.spec, args.overrides), args)
+    plan = load_plan(args.spec, args.overrides)
+    gate_remote_code(plan, args)
+    return _launch(plan, args)
 
 
 def run_resume(args: argparse.Namespace) -> int:
@@ -58,7 +61,9 @@ def run_resume(args: argparse.Namespace) -> int:
 
     directory = sweep_directory(args.sweep, args.root)
     args.root = directory.path.parents[1]
-    return _launch(load_plan(directory.spec_file), args)
+    plan = load_plan(directory.spec_file)
+    gate_remote_code(plan, args)
+    return _launch(plan, args)
 
 
 def sweep_directory(name_or_path: str, root: Path) -> Any:
