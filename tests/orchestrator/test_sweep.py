@@ -313,3 +313,36 @@ def test_broken_specs_and_unreachable_services_start_nothing(sweep_spec, closed_
     assert "hunter2" not in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert not (root / "sweeps").exists()  # nothing was created, no Ray was started
+
+
+def listening_addresses(pid: int) -> set[tuple[str, str]]:
+    """(process name, address) of every socket that ``pid`` and its descendants listen on."""
+    import psutil
+
+    try:
+        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return set()
+    names = {p.pid: p.name() for p in family if p.is_running()}
+    return {(names[c.pid], c.laddr.ip) for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in names}
+
+
+def test_a_local_cluster_listens_on_loopback_only(sweep_spec, tmp_path: Path) -> None:
+    """Without --address, qsweep run starts a private Ray cluster whose every server (GCS,
+    raylet, workers, agents) binds 127.0.0.1, not the machine's network address."""
+    spec = sweep_spec("loopback", train={"max_steps": 6}, grid={"lora.r": [4]}, seeds=[0],
+                      resources={"gpus": 0, "cpus": 1})
+    switches = ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    env = {k: v for k, v in os.environ.items() if k not in switches}
+    driver = subprocess.Popen([QSWEEP, "run", str(spec), "--num-cpus", "2", "--root", str(tmp_path / "runs")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    seen: set[tuple[str, str]] = set()
+    while driver.poll() is None:
+        seen |= listening_addresses(driver.pid)
+        time.sleep(0.5)
+    assert driver.returncode == 0, driver.stderr.read()[-3000:]
+    servers = {name for name, _ in seen}
+    assert {"gcs_server", "raylet"} <= servers, seen
+    exposed = {(name, ip) for name, ip in seen if ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")}
+    assert not exposed, f"listening beyond loopback: {sorted(exposed)}"

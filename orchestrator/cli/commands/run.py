@@ -11,6 +11,7 @@ sweep's own snapshot (``<root>/sweeps/<name>/spec.yaml``). Works as a Ray job to
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,20 @@ def _report(prepared: Any, root: Path) -> None:
     publish(prepared.tracking_uri, prepared.experiment, name, layouts, root / "reports" / name)
 
 
+def on_loopback_unless_joining(address: str | None) -> None:
+    """A local cluster (no ``--address``, no ``RAY_ADDRESS``) listens on 127.0.0.1 only.
+
+    Ray binds its servers (GCS, raylet, workers, agents) to the node's address, and on Linux
+    takes the machine's network address for it; its switch for a single-machine cluster,
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, makes the node address loopback. Ray reads it when
+    it is imported, so this runs before anything imports ray; a value the user set is kept.
+    """
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def _launch(plan: Any, args: argparse.Namespace) -> int:
+    on_loopback_unless_joining(args.address)
     from filelock import FileLock, Timeout
     from qsweep.orchestrator.cli.console import (
         SweepProgress,
