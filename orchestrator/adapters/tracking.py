@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from qsweep.orchestrator.adapters.credentials import server_uri
 from qsweep.trainers.errors import TrackingUnavailable
 from qsweep.trainers.hub import PROBE_TIMEOUT_S
 
@@ -79,6 +80,7 @@ def local_artifact_root(uri: str) -> str | None:
 
 def check_reachable(uri: str) -> None:
     """Fail fast, before any training, if the tracking store cannot be used."""
+    uri = server_uri(uri)
     if uri.startswith(("http://", "https://")):
         health = uri.rstrip("/") + "/health"
         try:
@@ -115,7 +117,7 @@ def _client(uri: str) -> Any:
     # several calls per trial.
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=server_uri(uri))
 
 
 _experiment_ids: dict[tuple[str, str], str] = {}
@@ -173,7 +175,7 @@ class MlflowTracker:
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment
-        self.uri = uri
+        self.uri = server_uri(uri)
 
     @classmethod
     def start(cls, uri: str, experiment: str, run_name: str, tags: dict[str, str] | None = None,

@@ -107,13 +107,17 @@ def trial_resources(requested: Any, capacity: Any) -> Any:
 
 def resolve_storage(plan: Plan, directory: SweepDir, root: Path) -> tuple[str, str, str]:
     """(Optuna URL, MLflow tracking URI, MLflow experiment) of a sweep."""
+    from qsweep.orchestrator.adapters.credentials import with_password
     from qsweep.orchestrator.adapters.search import sqlite_url
     from qsweep.orchestrator.adapters.tracking import resolve_uri
 
     spec, base = plan.spec, plan.cells[0].config
     optuna_url = spec.storage.optuna or sqlite_url(directory.optuna_file.resolve())
     tracking = resolve_uri(spec.storage.tracking or base.tracking.uri, root)
-    return optuna_url, tracking, spec.storage.experiment or base.tracking.experiment
+    tracking_key = "storage.tracking" if spec.storage.tracking else "trial.tracking.uri"
+    return (with_password(optuna_url, "storage.optuna", plan.source),
+            with_password(tracking, tracking_key, plan.source),
+            spec.storage.experiment or base.tracking.experiment)
 
 
 def prepare_sweep(plan: Plan, root: Path) -> PreparedSweep:

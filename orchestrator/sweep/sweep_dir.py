@@ -11,13 +11,16 @@ Layout of ``<root>/sweeps/<name>/``::
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
+from qsweep.orchestrator.adapters.credentials import mask_password
 from qsweep.orchestrator.sweep.planning import Plan, StudyPlan
 
 
@@ -74,14 +77,12 @@ class SweepDir:
 
     def save(self, state: SweepState) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        partial = self.state_file.with_suffix(".json.partial")
-        partial.write_text(json.dumps(asdict(state), indent=1) + "\n")
-        partial.replace(self.state_file)
+        write_private(self.state_file, json.dumps(asdict(state), indent=1) + "\n")
 
     def create(self, plan: Plan) -> SweepState:
         """Write the spec snapshot and a new identity (first run of a sweep)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self.spec_file.write_text(yaml.safe_dump(snapshot(plan), sort_keys=False))
+        write_private(self.spec_file, yaml.safe_dump(snapshot(plan), sort_keys=False))
         state = SweepState(name=plan.spec.name, sweep_id=uuid.uuid4().hex, fingerprint=plan.fingerprint(),
                            created=datetime.now(UTC).isoformat(timespec="seconds"), spec_source=plan.source)
         self.save(state)
@@ -91,14 +92,32 @@ class SweepDir:
     def grow(self, state: SweepState, plan: Plan) -> None:
         """Take ``plan``, which extends the sweep's (``planning.growth``): its spec snapshot, then
         its fingerprint (last, so that a crash in between leaves a sweep that grows again)."""
-        self.spec_file.write_text(yaml.safe_dump(snapshot(plan), sort_keys=False))
+        write_private(self.spec_file, yaml.safe_dump(snapshot(plan), sort_keys=False))
         state.fingerprint, state.spec_source = plan.fingerprint(), plan.source
         self.save(state)
 
 
 def snapshot(plan: Plan) -> dict:
-    """The spec as self-contained data: the base config merged into ``trial``."""
+    """The spec as self-contained data: the base config merged into ``trial``; the passwords of
+    its storage URLs masked (``adapters.credentials``: resume takes them from the environment)."""
     data = plan.spec.model_dump(mode="json")
     data["base"] = None
-    data["trial"] = plan.base
+    data["trial"] = copy.deepcopy(plan.base)
+    storage = data["storage"]
+    for key in ("optuna", "tracking"):
+        storage[key] = mask_password(storage[key])
+    tracking = data["trial"].get("tracking")
+    if isinstance(tracking, dict) and tracking.get("uri"):
+        tracking["uri"] = mask_password(tracking["uri"])
     return data
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``path`` whole (through a partial file and a rename), readable by its owner only:
+    the sweep's files name its stores (their passwords masked, their users and hosts not)."""
+    partial = path.with_name(path.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(partial, 0o600)  # a partial file left by an older qsweep keeps its mode otherwise
+    partial.replace(path)

@@ -346,3 +346,37 @@ def test_a_local_cluster_listens_on_loopback_only(sweep_spec, tmp_path: Path) ->
     assert {"gcs_server", "raylet"} <= servers, seen
     exposed = {(name, ip) for name, ip in seen if ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")}
     assert not exposed, f"listening beyond loopback: {sorted(exposed)}"
+
+
+def test_credentials_never_reach_the_disk_and_resume_takes_them_from_the_environment(
+        sweep_spec, ray_cluster, mlflow_server, postgres_url, tmp_path: Path) -> None:
+    """A spec whose Optuna URL and MLflow server URI carry passwords runs (the MLflow one as
+    HTTP basic authentication); the sweep directory keeps them masked, in files only its owner
+    reads; resume asks the environment for them, and says which variable when it is unset."""
+    secret = "s3cret-pw"
+    optuna_url = postgres_url.replace("postgres@", f"postgres:{secret}@")
+    tracking = mlflow_server.replace("http://", f"http://alice:{secret}@")
+    spec = sweep_spec("secret", grid={"lora.r": [4]}, seeds=[0],
+                      storage={"optuna": optuna_url, "tracking": tracking})
+    root = tmp_path / "runs"
+    done = qsweep("run", str(spec), "--address", ray_cluster, root=root)
+    assert done.returncode == 0, done.stderr
+    assert secret not in done.stdout + done.stderr
+    sweep = root / "sweeps" / "secret"
+    leaked = [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert not leaked, leaked
+    snapshot = yaml.safe_load((sweep / "spec.yaml").read_text())["storage"]
+    assert snapshot["optuna"] == postgres_url.replace("postgres@", "postgres:***@")
+    assert snapshot["tracking"] == mlflow_server.replace("http://", "http://alice:***@")
+    for name in ("spec.yaml", "sweep.json"):
+        assert (sweep / name).stat().st_mode & 0o777 == 0o600, name
+
+    unset = {"QSWEEP_OPTUNA_URL": "", "MLFLOW_TRACKING_PASSWORD": ""}
+    done = qsweep("resume", "secret", "--address", ray_cluster, root=root, env=unset)
+    err = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "storage.optuna: the sweep directory keeps" in err
+    assert "set QSWEEP_OPTUNA_URL to the whole URL" in err and secret not in err
+    done = qsweep("resume", "secret", "--address", ray_cluster, root=root,
+                  env={"QSWEEP_OPTUNA_URL": optuna_url, "MLFLOW_TRACKING_PASSWORD": secret})
+    assert done.returncode == 0, done.stderr
+    assert "1 trials already ended" in done.stdout
