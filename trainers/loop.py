@@ -169,13 +169,18 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
     autocast = _autocast(cfg, device)
 
     step, position, last_loss, kept_micro_batch = 0, 0, None, None
-    latest = ckpt.latest_checkpoint(workdir) if resume else None
-    if latest is not None:
-        _check_same_config(latest, cfg, config_hash)
-        state = ckpt.load_checkpoint(latest, model, optimizer, scheduler, device)
+    contents, damaged = ckpt.newest_intact(workdir, device) if resume else (None, [])
+    for problem in damaged:
+        log.warning("damaged checkpoint %s: set aside", problem)
+    if contents is not None:
+        _check_same_config(contents.path, contents.state, cfg, config_hash)
+        state = ckpt.restore(contents, model, optimizer, scheduler)
+        del contents  # its optimizer state is a second copy until restored
         step, position, last_loss = state.step, state.position, state.last_loss
         kept_micro_batch = state.micro_batch_size
-        log.info("resuming from %s (step %d)", latest, step)
+        log.info("resuming from step %d", step)
+    elif damaged:
+        log.warning("no intact checkpoint left: training starts over from step 0")
     resumed_from = step
     layout = choose_layout(cfg, setup, device, autocast, kept=kept_micro_batch)
     micro, accum = layout.micro_batch_size, layout.grad_accum_steps
@@ -273,7 +278,7 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
         footprint=qlora.footprint,
         trainable_params=qlora.trainable_params,
         adapter_dir=adapter_dir,
-        resumed_from_step=resumed_from,
+        resumed_from_step=resumed_from, damaged_checkpoints=damaged,
         train_time_s=train_time,
         micro_batch_size=micro,
         grad_accum_steps=accum,
@@ -351,8 +356,7 @@ def _autocast(cfg: TrainingConfig, device: torch.device) -> contextlib.AbstractC
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _check_same_config(latest: Path, cfg: TrainingConfig, config_hash: str) -> None:
-    state = ckpt.read_state(latest)
+def _check_same_config(latest: Path, state: ckpt.TrainerState, cfg: TrainingConfig, config_hash: str) -> None:
     if state.config_hash == config_hash:
         return
     now = cfg.identity()

@@ -61,6 +61,8 @@ class TrainResult:
     grad_accum_steps: int = 0
     history: list[StepMetrics] = field(default_factory=list, repr=False)
     """Metrics of the steps this process ran."""
+    damaged_checkpoints: list[str] = field(default_factory=list)
+    """Checkpoints found damaged when resuming and set aside (``"step-000004: <what>"``)."""
 
     def summary_metrics(self) -> dict[str, float]:
         """The run's summary as metrics: final loss (NaN when no step ran), throughput, memory,

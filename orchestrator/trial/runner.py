@@ -323,6 +323,9 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
                             "train.chosen_grad_accum_steps": trained.grad_accum_steps})
     if cfg.train.kernels != "none":  # what the machine allowed
         tracker.log_params({"train.applied_kernels": qlora.kernels})
+    if trained.damaged_checkpoints:  # set aside when resuming: the run says so
+        tracker.set_tags({"qsweep.damaged_checkpoints": "; ".join(trained.damaged_checkpoints)[:4000],
+                          "qsweep.resumed_from_step": str(trained.resumed_from_step)})
     if trained.status != TrialStatus.FINISHED:
         return _Computed(trained.status, trained.reason, trained, baseline)
     evaluation = None

@@ -113,6 +113,19 @@ def trial_dirs(root: Path, name: str) -> tuple[list[Path], list[Path]]:
     return finished, running
 
 
+def checkpoints_settled(root: Path):
+    """A condition: no trial of the sweep wrote or removed a checkpoint in the last 3 s."""
+    def listing() -> set[str]:
+        return {str(p) for p in root.glob("sweeps/*/trials/*/checkpoints/*")}
+
+    def settled() -> bool:
+        before = listing()
+        time.sleep(3)
+        return listing() == before
+
+    return settled
+
+
 def metric_steps(client: MlflowClient, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
 
@@ -139,12 +152,30 @@ def test_grid_sweep_survives_a_killed_driver_with_every_cell_exactly_once(
         return [] if experiment is None else client.search_runs(
             [experiment.experiment_id], "tags.`qsweep.role` = 'trial' and tags.`qsweep.status` = 'finished'")
 
-    wait_for(lambda: all(trial_dirs(root, "grid")) and finished_runs(),
-             what="a finished trial and another's checkpoint")
+    def two_checkpoints() -> list[Path]:
+        return [d for d in trial_dirs(root, "grid")[1] if len(list(d.glob("checkpoints/step-*"))) >= 2]
+
+    wait_for(lambda: two_checkpoints() and finished_runs(),
+             what="a finished trial and another's two checkpoints")
     driver.send_signal(signal.SIGKILL)
     driver.wait()
+    wait_for(checkpoints_settled(root), what="the killed driver's workers to stop")
     interrupted = {d.name for d in trial_dirs(root, "grid")[1]}
     finished_before = finished_runs()
+    # The newest checkpoint of each interrupted trial that has an older one is damaged: cut in
+    # half, or one bit flipped (the same size). Resume falls back to the older one and says so.
+    damaged = {}
+    for i, directory in enumerate(sorted(two_checkpoints())):
+        newest = sorted(directory.glob("checkpoints/step-*"))[-1]
+        if i % 2 == 0:
+            (newest / "adapter_model.safetensors").write_bytes(
+                (newest / "adapter_model.safetensors").read_bytes()[:100])
+        else:
+            data = bytearray((newest / "optimizer.pt").read_bytes())
+            data[len(data) // 2] ^= 1
+            (newest / "optimizer.pt").write_bytes(bytes(data))
+        damaged[directory.name] = newest.name
+    assert damaged
 
     done = qsweep("resume", "grid", "--address", ray_cluster, root=root)
     assert done.returncode == 0, done.stderr
@@ -171,6 +202,8 @@ def test_grid_sweep_survives_a_killed_driver_with_every_cell_exactly_once(
     resumed = {f"{r.data.tags['qsweep.cell']}-seed{r.data.tags['qsweep.seed']}-t0": r for r in runs
                if int(r.data.tags.get("qsweep.resumed_from_step", 0)) > 0}
     assert resumed and set(resumed) <= interrupted  # interrupted trials continued from checkpoints
+    for name, checkpoint in damaged.items():  # an intact older checkpoint took over, and the run says so
+        assert resumed[name].data.tags["qsweep.damaged_checkpoints"].startswith(f"{checkpoint}: ")
     for run in runs:  # complete histories: no step lost, none logged twice
         assert metric_steps(client, run.info.run_id) == list(range(1, steps + 1))
     for log in (root / "sweeps" / "grid" / "trials").glob("*/trial.log"):  # Ray gave each a GPU

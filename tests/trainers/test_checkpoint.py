@@ -60,7 +60,10 @@ def test_checkpoints_hold_every_part_and_old_ones_are_pruned(tiny_config, tmp_pa
     assert kept == ["step-000006", "step-000008"]  # every 3 steps and the last; 2 kept
     files = {p.name for p in (tmp_path / "checkpoints" / "step-000006").iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "optimizer.pt", "scheduler.pt",
-            "rng.pt", "trainer_state.json"} <= files
+            "rng.pt", "trainer_state.json", "manifest.json"} <= files
+    manifest = json.loads((tmp_path / "checkpoints" / "step-000006" / "manifest.json").read_text())
+    assert set(manifest) == files - {"manifest.json"}
+    assert all(entry["bytes"] > 0 and len(entry["sha256"]) == 64 for entry in manifest.values())
     final = {p.name for p in (tmp_path / "checkpoints" / "step-000008").iterdir()}
     assert final == files - {"optimizer.pt", "scheduler.pt"}  # nothing left to train
     state = read_state(tmp_path / "checkpoints" / "step-000008")
@@ -113,3 +116,50 @@ def test_cli_run_killed_with_sigkill_resumes_with_the_same_losses(
         by_step[record["step"]] = record["loss"]  # steps redone after the kill: last wins
     reference = train(tiny_config(**{k: raw[k] for k in ("lora", "train")}), tmp_path / "ref")
     assert [by_step[s] for s in range(1, 151)] == [m.loss for m in reference.history]
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10  # the same size: only the checksum tells
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("damage", "file", "said"), [
+    (truncate, "adapter_model.safetensors", "adapter_model.safetensors has"),
+    (flip_a_bit, "optimizer.pt", "optimizer.pt does not match its checksum"),
+    (flip_a_bit, "trainer_state.json", "trainer_state.json does not match its checksum"),
+])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_config, tmp_path: Path, damage,
+                                                                  file: str, said: str) -> None:
+    cfg = tiny_config(**RESUMABLE)
+    reference = train(cfg, tmp_path / "uninterrupted")
+    workdir = tmp_path / "interrupted"
+    with pytest.raises(Crash):
+        train(cfg, workdir, crash_at(7))
+    damage(workdir / "checkpoints" / "step-000006" / file)
+    resumed = train(cfg, workdir)
+    assert resumed.resumed_from_step == 3
+    (problem,) = resumed.damaged_checkpoints
+    assert problem.startswith("step-000006: ") and said in problem
+    assert [m.loss for m in resumed.history] == [m.loss for m in reference.history[3:]]
+    assert (workdir / "checkpoints" / "damaged-step-000006").is_dir()  # set aside, not tried again
+    assert train(cfg, workdir).damaged_checkpoints == []
+
+
+def test_with_no_intact_checkpoint_the_run_starts_over_from_step_0(tiny_config, tmp_path: Path) -> None:
+    cfg = tiny_config(**RESUMABLE)
+    reference = train(cfg, tmp_path / "uninterrupted")
+    workdir = tmp_path / "interrupted"
+    with pytest.raises(Crash):
+        train(cfg, workdir, crash_at(7))
+    truncate(workdir / "checkpoints" / "step-000006" / "adapter_model.safetensors")
+    (workdir / "checkpoints" / "step-000003" / "manifest.json").unlink()  # written before manifests
+    truncate(workdir / "checkpoints" / "step-000003" / "rng.pt")  # found when read
+    resumed = train(cfg, workdir)
+    assert resumed.resumed_from_step == 0 and len(resumed.damaged_checkpoints) == 2
+    assert "step-000003: unreadable" in resumed.damaged_checkpoints[1]
+    assert [m.loss for m in resumed.history] == [m.loss for m in reference.history]
