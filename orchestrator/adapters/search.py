@@ -65,6 +65,20 @@ class TrialRecord:
         """How the trial ended, as the driver recorded it: status, reason, seconds, host."""
         return self.attrs.get("outcome") or {}
 
+    @property
+    def slot(self) -> int:
+        """The trial number whose place this trial takes: its own, or for a retry of a failed
+        trial (``qsweep resume --retry-failed``) the failed one's — the key, work directory and
+        MLflow run it continues."""
+        return int(self.attrs.get("retry_of", self.number))
+
+
+def live_trials(records: list[TrialRecord]) -> list[TrialRecord]:
+    """``records`` without the failed trials a retry took the place of (Optuna keeps a finished
+    trial as it ended; its retry is a new trial of the same parameters)."""
+    retried = {int(r.attrs["retry_of"]) for r in records if "retry_of" in r.attrs}
+    return [r for r in records if r.number not in retried or "retry_of" in r.attrs]
+
 
 def _encode(value: Any) -> Any:
     # Optuna's categorical choices must be None, bool, int, float or str.
@@ -202,6 +216,18 @@ class StudyStore:
         return TrialRecord(study=planned.name, number=trial.number, state="RUNNING",
                            params={k: _decode(v) for k, v in trial.params.items()}, values=None,
                            attrs=dict(trial.user_attrs), duration_s=None)
+
+    def ask_again(self, planned: StudyPlan, failed: TrialRecord) -> list[TrialRecord]:
+        """A new trial in the place of ``failed``, with its parameters: Optuna hands out queued
+        parameters in order, so trials queued before it (the spec's ``search.enqueue`` points
+        not asked yet) come first; returned too, the retry last."""
+        study = self.study(planned)
+        study.enqueue_trial({k: _encode(v) for k, v in failed.params.items()},
+                            user_attrs={"retry_of": failed.slot, "run_id": failed.attrs.get("run_id")})
+        asked = [self.ask(planned)]
+        while "retry_of" not in asked[-1].attrs:
+            asked.append(self.ask(planned))
+        return asked
 
     def _trial_id(self, planned: StudyPlan, number: int) -> int:
         key = (planned.name, number)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qsweep.orchestrator.adapters.cluster import Cluster, TrialCrashed, TrialResources
-from qsweep.orchestrator.adapters.search import DONE_STATES, StudyStore, TrialRecord
+from qsweep.orchestrator.adapters.search import DONE_STATES, StudyStore, TrialRecord, live_trials
 from qsweep.orchestrator.adapters.tracking import MlflowTracker
 from qsweep.orchestrator.sweep.ledger import RunLedger
 from qsweep.orchestrator.sweep.planning import Plan, StudyPlan
@@ -59,6 +59,8 @@ class Running:
     run: MlflowTracker
     request: TrialRequest
     oom_retries: int
+    slot: int
+    """The trial number whose key and work directory it uses (``TrialRecord.slot``)."""
     started: float = field(default_factory=time.monotonic)
 
 
@@ -107,28 +109,41 @@ class SweepDriver:
         return self.ledger.parent
 
     # ----------------------------------------------------------------- set-up
-    def recover(self) -> None:
-        """Find what earlier drivers did: finished trials, and trials left running."""
+    def recover(self, retry_failed: bool = False) -> None:
+        """Find what earlier drivers did: finished trials, and trials left running; with
+        ``retry_failed``, failed trials run again in their place (a new Optuna trial of the same
+        parameters continues the failed one's MLflow run and work directory)."""
         self.ledger.open_parent()
         self.ledger.find_children()
+        failed: list[tuple[StudyPlan, TrialRecord]] = []
         for planned in self._studies:
             asked = 0
-            for record in self.store.trials(planned):
+            for record in live_trials(self.store.trials(planned)):
                 if record.state == "WAITING":
                     continue  # queued parameters (search.enqueue): the next asks take them
                 asked += 1
                 if record.state in DONE_STATES:
                     status = record.outcome.get("status") or TrialStatus.of_optuna_state(record.state)
-                    self.tally.count(status)
+                    if retry_failed and status == TrialStatus.FAILED:
+                        failed.append((planned, record))
+                    else:
+                        self.tally.count(status)
                 elif record.state == "RUNNING" and not self._settle_from_run(planned, record):
                     self.backlog.append((planned, record))
                     self.tally.resumed += 1
             self.remaining[planned.name] = max(0, planned.n_trials - asked)
+        for planned, record in failed:
+            *queued, retry = self.store.ask_again(planned, record)
+            for earlier in queued:  # the spec's queued points that Optuna handed out first
+                self.backlog.append((planned, earlier))
+                self.remaining[planned.name] = max(0, self.remaining[planned.name] - 1)
+            self.backlog.append((planned, retry))
+            self.tally.retried += 1
         self.observe(self.tally)
 
     def _settle_from_run(self, planned: StudyPlan, record: TrialRecord) -> bool:
         """Tell Optuna about a trial whose run ended while no driver listened; True if it had."""
-        key = planned.trial_key(record.number)
+        key = planned.trial_key(record.slot)
         ended = self.ledger.recorded_end(key, record.attrs.get("run_id"))
         if ended is None:
             return False
@@ -209,10 +224,10 @@ class SweepDriver:
         return None
 
     def _submit(self, planned: StudyPlan, record: TrialRecord, run: MlflowTracker) -> None:
-        key = planned.trial_key(record.number)
+        key = planned.trial_key(record.slot)
         adjust = dict(record.attrs.get("adjust") or {})
         oom_retries = int(record.attrs.get("oom_retries", 0))
-        workdir = self.directory.trial_dir(planned, record.number)
+        workdir = self.directory.trial_dir(planned, record.slot)
         config = self.plan.trial_config(planned.cell, planned.seed, {**record.params, **adjust})
         pruner = self.spec.search.pruner if self.spec.search else None
         request = TrialRequest(key=key, config=config.to_dict(), run_id=run.run_id,
@@ -226,7 +241,7 @@ class SweepDriver:
             self.store.set_attrs(planned, record.number, {"run_id": run.run_id})
         ref = self.cluster.submit(self.trial_fn, request, gpus=self.resources.gpus, cpus=self.resources.cpus,
                                   retries=self.spec.retries, pruning=self.pruning)
-        self.in_flight[ref] = Running(planned, record.number, key, run, request, oom_retries)
+        self.in_flight[ref] = Running(planned, record.number, key, run, request, oom_retries, record.slot)
 
     def _relay_reports(self) -> None:
         if not self.pruning:
@@ -263,7 +278,7 @@ class SweepDriver:
         self.store.set_attrs(entry.planned, entry.number, attrs)
         entry.run.set_tags({"qsweep.adjusted": change, "qsweep.oom_retries": str(retries + 1)})
         record = TrialRecord(entry.planned.name, entry.number, "RUNNING", _searched(entry.request, self.spec),
-                             None, {**attrs, "run_id": entry.run.run_id}, None)
+                             None, {**attrs, "run_id": entry.run.run_id, "retry_of": entry.slot}, None)
         self._submit(entry.planned, record, entry.run)
         return True
 

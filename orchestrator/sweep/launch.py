@@ -37,8 +37,9 @@ class PreparedSweep:
     _cluster: Any = None
 
     def connect(self, address: str | None, num_gpus: int | None, num_cpus: int | None,
-                concurrency: int | None, trial_fn: Callable[..., Any]) -> Any:
-        """Start or join Ray, open the studies, find the parent run and earlier work."""
+                concurrency: int | None, trial_fn: Callable[..., Any], retry_failed: bool = False) -> Any:
+        """Start or join Ray, open the studies, find the parent run and earlier work (failed
+        trials to run again with ``retry_failed``)."""
         from qsweep.orchestrator.adapters.cluster import Cluster
         from qsweep.orchestrator.adapters.search import StudyStore
         from qsweep.orchestrator.sweep.driver import SweepDriver
@@ -69,7 +70,7 @@ class PreparedSweep:
         ledger = RunLedger(self.tracking_uri, self.experiment, self.plan, self.directory, self.state)
         driver = SweepDriver(self.plan, self.directory, self._store, ledger, self._cluster, concurrency=limit,
                              resources=resources, trial_fn=trial_fn)
-        driver.recover()
+        driver.recover(retry_failed)
         return driver
 
     def status_rows(self) -> list[dict[str, Any]]:
@@ -159,11 +160,13 @@ def prepare_sweep(plan: Plan, root: Path) -> PreparedSweep:
 
 def status_rows(plan: Plan, store: Any) -> list[dict[str, Any]]:
     """One row per planned trial slot: cell, seed, number, state, objectives, duration, run id."""
+    from qsweep.orchestrator.adapters.search import live_trials
+
     rows = []
     varying = plan.varying_axes()
     existing = store.existing_study_names()
     for planned in plan.studies():
-        records = [r for r in (store.trials(planned) if store.has_study(planned, existing) else [])
+        records = [r for r in live_trials(store.trials(planned) if store.has_study(planned, existing) else [])
                    if r.state != "WAITING"]  # queued parameters not asked yet: still pending
         for record in records:
             status = record.outcome.get("status") or TrialStatus.of_optuna_state(record.state)

@@ -136,12 +136,15 @@ class RunLedger:
         return self._writes.submit(self._child_run, planned, record)
 
     def _child_run(self, planned: StudyPlan, record: TrialRecord) -> MlflowTracker:
-        key = planned.trial_key(record.number)
+        key = planned.trial_key(record.slot)
         run_id = self.children.get(key) or record.attrs.get("run_id")
         if run_id:
             run = MlflowTracker.attach(self.uri, run_id)
             run.reopen()
-            run.set_tags({"qsweep.status": TrialStatus.RUNNING})
+            tags = {"qsweep.status": TrialStatus.RUNNING, "qsweep.optuna_trial": str(record.number)}
+            if record.slot != record.number:  # a retry of the failed trial this run recorded
+                tags["qsweep.retried_from_trial"] = str(record.slot)
+            run.set_tags(tags)
             return run
         assert self.parent is not None, "open_parent first"
         tags = {"qsweep.role": "trial", "qsweep.sweep": self.plan.spec.name,

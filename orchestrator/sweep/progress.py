@@ -21,6 +21,8 @@ class Tally:
     durations: list[float] = field(default_factory=list)
     resumed: int = 0
     """Trials an earlier driver left running that this one took over."""
+    retried: int = 0
+    """Failed trials this driver runs again (``--retry-failed``)."""
     usage: UsageSummary | None = None
     """How this driver's trials used the GPUs; set when the sweep ends."""
 

@@ -298,6 +298,28 @@ def test_failures_worker_killed_out_of_memory_and_an_exception(sweep_spec, ray_c
     (trial,) = studies[failed.data.tags["qsweep.optuna_study"]]
     assert trial.state.name == "FAIL"
 
+    # The data fixed, `resume --retry-failed` runs the failed trial again: the same MLflow run
+    # finishes, Optuna keeps the failed trial and adds its retry; nothing else runs again.
+    broken.write_text('{"prompt": "p", "response": "r"}\n{"prompt": "q", "response": "s"}\n')
+    done = qsweep("resume", "faults", "--address", ray_cluster, "--retry-failed", root=root)
+    assert done.returncode == 0, done.stderr
+    assert "resuming: 2 trials already ended, 0 interrupted continue from their checkpoints, 1 failed run " \
+           "again" in " ".join(done.stdout.split())
+    retried = client.get_run(failed.info.run_id)
+    assert retried.data.tags["qsweep.status"] == "finished" and retried.info.status == "FINISHED"
+    assert retried.data.tags["qsweep.retried_from_trial"] == "0"
+    assert retried.data.tags["qsweep.optuna_trial"] == "1"
+    assert len(children(client, parent.info.run_id)) == 3
+    studies = optuna_trials(f"sqlite:///{root / 'sweeps' / 'faults' / 'optuna.db'}")
+    study = failed.data.tags["qsweep.optuna_study"]
+    first, retry = studies[study]
+    assert (first.state.name, retry.state.name) == ("FAIL", "COMPLETE")
+    assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs["run_id"] == failed.info.run_id
+    assert retry.values == [retried.data.metrics["train/final_loss"]]
+    assert all(len(trials) == 1 for name, trials in studies.items() if name != study)
+    status = qsweep("status", "faults", root=root)
+    assert "3 finished" in status.stdout and "failed" not in status.stdout.split("MLflow parent run")[0]
+
 
 def test_tpe_search_with_a_median_pruner_prunes(sweep_spec, ray_cluster, mlflow_server, postgres_url,
                                                 tmp_path: Path) -> None:

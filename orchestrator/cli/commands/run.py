@@ -30,6 +30,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=None,
                         help="trials at a time (default: the spec's, else what the cluster holds)")
     add_trust_flag(parser)
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="run the sweep's failed trials again, each continuing its MLflow run and "
+                             "work directory (a new Optuna trial of the same parameters takes its place)")
 
 
 def add_parser(commands: Any) -> None:
@@ -127,7 +130,8 @@ def _launch(plan: Any, args: argparse.Namespace) -> int:
                     "wait for it or stop it first")
         return EXIT_FAILED
     try:
-        driver = prepared.connect(args.address, args.num_gpus, args.num_cpus, args.concurrency, execute)
+        driver = prepared.connect(args.address, args.num_gpus, args.num_cpus, args.concurrency, execute,
+                                  retry_failed=args.retry_failed)
         console.print(f"[bold]qsweep run[/] {escape(plan.spec.name)}: {plan.total_trials} trials, "
                       f"{driver.concurrency} at a time on {prepared.placement}", highlight=False)
         if prepared.grown:
@@ -136,12 +140,12 @@ def _launch(plan: Any, args: argparse.Namespace) -> int:
         console.print(f"sweep directory {directory.path}\nOptuna {prepared.state.optuna}\n"
                       f"MLflow {prepared.state.tracking} (parent run {driver.parent.run_id})",
                       highlight=False)
-        if driver.tally.ended or driver.tally.resumed:
+        if driver.tally.ended or driver.tally.resumed or driver.tally.retried:
             resumed = driver.tally.resumed
             verb = "continues from its checkpoint" if resumed == 1 else "continue from their checkpoints"
+            retried = f", {driver.tally.retried} failed run again" if driver.tally.retried else ""
             console.print(f"resuming: {driver.tally.ended} trials already ended, {resumed} interrupted "
-                          f"{verb}",
-                          highlight=False)
+                          f"{verb}{retried}", highlight=False)
         with SweepProgress(plan.total_trials, driver.concurrency, plan.spec.objectives[0].metric) as progress:
             driver.observe = progress
             progress(driver.tally)
