@@ -3,14 +3,16 @@
 The command line (``qsweep.orchestrator.cli.main``) prints a :class:`QsweepError`'s message and
 returns its :attr:`~QsweepError.exit_code`; any other exception is a bug and ends in a traceback.
 
-Exit codes: 0 success; 1 a runtime failure (an unreachable hub or store, bad data, a failed
-download, a report that cannot be made); 2 an invalid configuration, reported before anything
-expensive starts; 3 a trial that ended with a non-finite loss; 130 interrupted.
+Exit codes: 0 success; 1 a runtime failure (an unreachable hub, bad data, a failed download, a
+report that cannot be made, a failed trial); 2 an invalid configuration, reported before anything
+expensive starts; 3 a trial that ended with a non-finite loss; 4 a store that cannot be reached,
+read or written (an MLflow server or database that is down, a damaged or locked database, a full
+or read-only disk: what was recorded stays; fix the cause and resume); 130 interrupted.
 """
 
 from __future__ import annotations
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_NAN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_NAN, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 class QsweepError(Exception):
@@ -70,7 +72,14 @@ class HubUnavailable(QsweepError):
 
 
 class StorageError(QsweepError):
-    """A store that qsweep records into cannot be reached or written."""
+    """A store that qsweep records into cannot be reached, read or written."""
+
+    exit_code = EXIT_STORAGE
+
+
+class StorageFault(StorageError):
+    """A store failed while in use or cannot be opened: a full or read-only disk, a damaged or
+    locked database; the message names it and says what to do."""
 
 
 class TrackingUnavailable(StorageError):

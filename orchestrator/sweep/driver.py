@@ -36,6 +36,7 @@ from typing import Any
 
 from qsweep.orchestrator.adapters.cluster import Cluster, TrialCrashed, TrialResources
 from qsweep.orchestrator.adapters.search import DONE_STATES, StudyStore, TrialRecord, live_trials
+from qsweep.orchestrator.adapters.storage_faults import StoreFailed, fault_kind_in
 from qsweep.orchestrator.adapters.tracking import MlflowTracker
 from qsweep.orchestrator.sweep.ledger import RunLedger
 from qsweep.orchestrator.sweep.planning import Plan, StudyPlan
@@ -290,6 +291,10 @@ class SweepDriver:
             missing = [o.metric for o, v in zip(self.spec.objectives, values, strict=True) if v is None]
             if missing:
                 status, reason = TrialStatus.FAILED, f"the trial reported no {', '.join(missing)}"
+        if status == TrialStatus.FAILED and fault_kind_in(reason):
+            # Not the trial's fault: a store it writes failed (a full disk). Left RUNNING in
+            # Optuna, it runs again on resume, from its checkpoint, once the cause is fixed.
+            raise StoreFailed(f"trial {entry.key} could not write: {reason}")
         state = status.optuna_state
         # Attributes first: a finished Optuna trial takes no more writes.
         self.store.set_attrs(entry.planned, entry.number, {"outcome": {

@@ -3,9 +3,14 @@ command line returns, in one place, with its message and no traceback."""
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 import pytest
 import qsweep.orchestrator.cli.commands.plan as plan_command
+import sqlalchemy
 import yaml
+from qsweep.orchestrator.adapters.storage_faults import fault_kind
 from qsweep.orchestrator.cli.main import main
 from qsweep.trainers import errors
 from qsweep.trainers.errors import (
@@ -17,6 +22,7 @@ from qsweep.trainers.errors import (
     ReportError,
     ResumeMismatch,
     SetupError,
+    StorageFault,
     StorageUnavailable,
     TrackingUnavailable,
 )
@@ -29,8 +35,9 @@ from qsweep.trainers.errors import (
     (DataError("data.path: no such file"), 1),
     (AssetError("mmlu: checksum mismatch"), 1),
     (HubUnavailable("offline and not cached"), 1),
-    (TrackingUnavailable("cannot reach http://127.0.0.1:1"), 1),
-    (StorageUnavailable("cannot use the Optuna storage"), 1),
+    (TrackingUnavailable("cannot reach http://127.0.0.1:1"), 4),
+    (StorageUnavailable("cannot use the Optuna storage"), 4),
+    (StorageFault("the disk of /x is full"), 4),
     (ReportError("no finished trial"), 1),
 ])
 def test_the_command_line_ends_each_error_with_its_exit_code_and_message(
@@ -50,7 +57,7 @@ def test_every_error_class_is_a_qsweep_error_with_an_exit_code() -> None:
     assert len(classes) >= 11
     for cls in classes:
         assert issubclass(cls, QsweepError)
-        assert cls.exit_code in (errors.EXIT_FAILED, errors.EXIT_CONFIG)
+        assert cls.exit_code in (errors.EXIT_FAILED, errors.EXIT_CONFIG, errors.EXIT_STORAGE)
 
 
 def test_a_bug_is_not_swallowed(monkeypatch) -> None:
@@ -187,3 +194,20 @@ def test_a_model_directory_without_safetensors_is_one_clear_error(tmp_path, caps
     err = " ".join(capsys.readouterr().err.split())
     assert f"model.name: {model} holds only pytorch_model.bin, and qsweep loads weights from" in err
     assert "Traceback" not in err
+
+
+def test_the_words_of_each_fault_are_recognized() -> None:
+    full = sqlalchemy.exc.OperationalError("COMMIT", {}, sqlite3.OperationalError("database or disk is full"))
+    assert fault_kind(RuntimeError("An exception is raised during the commit")) is None
+    try:
+        try:
+            raise full
+        except sqlalchemy.exc.OperationalError as err:
+            raise RuntimeError("storage internal error") from err
+    except RuntimeError as wrapped:
+        assert fault_kind(wrapped) == "full"
+    assert fault_kind(OSError(errno.ENOSPC, "No space left on device")) == "full"
+    assert fault_kind(OSError(errno.EROFS, "Read-only file system")) == "read-only"
+    assert fault_kind(sqlite3.DatabaseError("database disk image is malformed")) == "damaged"
+    assert fault_kind(sqlite3.OperationalError("database is locked")) == "locked"
+    assert fault_kind(ValueError("not valid JSON")) is None

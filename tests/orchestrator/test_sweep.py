@@ -8,12 +8,15 @@ the driver and a worker are SIGKILLed, and an out-of-memory error is a real
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -360,11 +363,11 @@ def test_broken_specs_and_unreachable_services_start_nothing(sweep_spec, closed_
     assert "seeds: must list at least one seed" in done.stderr
     down = sweep_spec("down", storage={"tracking": f"http://u:hunter2@127.0.0.1:{closed_port}"})
     done = qsweep("run", str(down), root=root)
-    assert done.returncode == 1 and "cannot reach the MLflow tracking server" in done.stderr
+    assert done.returncode == 4 and "cannot reach the MLflow tracking server" in done.stderr
     assert "hunter2" not in done.stdout + done.stderr
     no_db = sweep_spec("no-db", storage={"optuna": f"postgresql+psycopg2://u:hunter2@127.0.0.1:{closed_port}/x"})
     done = qsweep("run", str(no_db), root=root)
-    assert done.returncode == 1 and "cannot use the Optuna storage" in done.stderr
+    assert done.returncode == 4 and "cannot use the Optuna storage" in done.stderr
     assert "hunter2" not in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert not (root / "sweeps").exists()  # nothing was created, no Ray was started
@@ -435,3 +438,75 @@ def test_credentials_never_reach_the_disk_and_resume_takes_them_from_the_environ
                   env={"QSWEEP_OPTUNA_URL": optuna_url, "MLFLOW_TRACKING_PASSWORD": secret})
     assert done.returncode == 0, done.stderr
     assert "1 trials already ended" in done.stdout
+
+
+def test_a_damaged_optuna_database_is_one_clear_error_and_resume_works_once_restored(
+        sweep_spec, ray_cluster, tmp_path: Path) -> None:
+    spec = sweep_spec("damaged", seeds=[0])
+    root = tmp_path / "runs"
+    assert qsweep("run", str(spec), "--address", ray_cluster, root=root).returncode == 0
+    database = root / "sweeps" / "damaged" / "optuna.db"
+    backup = tmp_path / "optuna.backup"
+    shutil.copy(database, backup)
+    os.truncate(database, database.stat().st_size - 4096)  # its last page cut
+    for command in (["status", "damaged"], ["resume", "damaged", "--address", ray_cluster]):
+        done = qsweep(*command, root=root)
+        err = " ".join(done.stderr.split())
+        assert done.returncode == 4, done.stderr
+        assert f"the Optuna database {database} is damaged (SQLite: database disk image is malformed)" in err
+        assert "restore it from a backup" in err and "Traceback" not in err
+    shutil.copy(backup, database)
+    done = qsweep("resume", "damaged", "--address", ray_cluster, root=root)
+    assert done.returncode == 0 and "1 trials already ended" in done.stdout
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 16 MiB tmpfs (mounting needs root: skipped where it is refused)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_disk_that_fills_up_mid_sweep_stops_it_clearly_and_resume_finishes_it(
+        sweep_spec, ray_cluster, mlflow_server, small_disk: Path, tmp_path: Path) -> None:
+    """The runs root on a small disk: once the trial has a checkpoint, the disk is filled; the
+    sweep ends with exit code 4 and what to do; with the space freed, resume finishes the trial
+    exactly once, from its checkpoint, with no metric step logged twice."""
+    spec = sweep_spec("full", seeds=[0], train={"max_steps": 60, "checkpoint_every": 2})
+    root = small_disk / "runs"
+    driver = subprocess.Popen([QSWEEP, "run", str(spec), "--address", ray_cluster, "--root", str(root)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "COLUMNS": "250"})
+    wait_for(lambda: list(root.glob("sweeps/full/trials/*/checkpoints/step-*/trainer_state.json")),
+             what="the trial's first checkpoint")
+    filler = small_disk / f"filler-{uuid.uuid4().hex}"
+    with open(filler, "wb") as sink:
+        try:
+            while True:
+                sink.write(b"\0" * (1 << 16))
+                sink.flush()
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+    out, err = driver.communicate(timeout=600)
+    message = " ".join(err.split())
+    assert driver.returncode == 4, out[-2000:] + err[-2000:]
+    assert "error: the disk is full (" in message and "Traceback" not in message
+    assert ("What was recorded before is kept: free space, then run "
+            f"`qsweep resume full --root {root}`") in message
+    filler.unlink()
+    done = qsweep("resume", "full", "--address", ray_cluster, root=root)
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(mlflow_server)
+    (run,) = assert_exactly_once(root, "full", client, "sweep-full", cells=1, seeds=1)
+    for key in run.data.metrics:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), key
+    assert metric_steps(client, run.info.run_id) == list(range(1, 61))

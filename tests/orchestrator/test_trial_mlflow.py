@@ -210,7 +210,7 @@ def test_cli_stops_before_training_when_the_server_is_down(tiny_model_dir, repea
     done = subprocess.run([sys.executable, "-m", "qsweep.orchestrator.cli", "trial", str(config),
                            f"--root={tmp_path / 'runs'}"], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "300"}, check=False)
-    assert done.returncode == 1
+    assert done.returncode == 4
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot reach the MLflow tracking server" in errors[0]
     assert SECRET not in done.stdout + done.stderr

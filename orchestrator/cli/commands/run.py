@@ -106,6 +106,32 @@ def on_loopback_unless_joining(address: str | None) -> None:
 
 
 def _launch(plan: Any, args: argparse.Namespace) -> int:
+    """Run the sweep; a storage fault on the way (a full disk, a damaged or locked database) ends
+    in one message that says what and how to resume (exit code 4)."""
+    from qsweep.orchestrator.adapters.storage_faults import storage_fault
+    from qsweep.trainers.errors import QsweepError
+
+    try:
+        return _run_sweep(plan, args)
+    except QsweepError:
+        raise
+    except Exception as err:
+        from qsweep.orchestrator.adapters.tracking import redact
+
+        named = (plan.spec.storage.optuna, plan.spec.storage.tracking)
+        stores = ", ".join(redact(url) for url in named if url)
+        from qsweep.orchestrator.sweep.sweep_dir import SweepDir
+
+        started = SweepDir.of(args.root, plan.spec.name).exists()
+        again = f"qsweep resume {plan.spec.name}" if started else f"qsweep run {plan.source}"
+        fault = storage_fault(err, args.root.resolve(), stores or f"the SQLite databases under {args.root}",
+                              f"{again} --root {args.root}")
+        if fault is None:
+            raise
+        raise fault from None
+
+
+def _run_sweep(plan: Any, args: argparse.Namespace) -> int:
     on_loopback_unless_joining(args.address)
     from filelock import FileLock, Timeout
     from qsweep.orchestrator.cli.console import (

@@ -39,12 +39,13 @@ def run(args: argparse.Namespace) -> int:
     directory = sweep_directory(args.sweep, args.root)  # an unknown name fails here, before the imports
     from qsweep.orchestrator.adapters.search import StudyStore
     from qsweep.orchestrator.cli.console import console, phases_summary, sweep_summary
-    from qsweep.orchestrator.sweep.launch import resolve_storage, status_rows
+    from qsweep.orchestrator.sweep.launch import check_local_databases, resolve_storage, status_rows
     from qsweep.orchestrator.sweep.planning import load_plan
 
     plan = load_plan(directory.spec_file)
     state = directory.load()
-    optuna_url, _, _ = resolve_storage(plan, directory, directory.path.parents[1])
+    optuna_url, tracking, _ = resolve_storage(plan, directory, directory.path.parents[1])
+    check_local_databases(optuna_url, tracking)
     rows = status_rows(plan, StudyStore(optuna_url, plan.spec))
     if args.phases:
         console.print(phases_summary([row for row in rows if row["status"] != "pending"],
