@@ -38,6 +38,7 @@ from qsweep.trainers.config import ConfigProblems, ConfigSection
 from qsweep.trainers.config_loading import describe
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_NAME_LENGTH = 100
 _DOTTED = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
 
 TRAIN_METRICS = {
@@ -420,6 +421,9 @@ class SweepSpec(BaseModel):
     def _check_name(cls, name: str) -> str:
         if not _NAME.match(name):
             raise ValueError(f"must be letters, digits, '.', '_' or '-' (a directory name), got {name!r}")
+        if len(name) > MAX_NAME_LENGTH:
+            raise ValueError(f"must be at most {MAX_NAME_LENGTH} characters (it names directories, studies "
+                             f"and runs), got {len(name)}")
         return name
 
     @field_validator("grid")
