@@ -40,6 +40,7 @@ class PreparedSweep:
                 concurrency: int | None, trial_fn: Callable[..., Any], retry_failed: bool = False) -> Any:
         """Start or join Ray, open the studies, find the parent run and earlier work (failed
         trials to run again with ``retry_failed``)."""
+        from qsweep.orchestrator.adapters import leftovers
         from qsweep.orchestrator.adapters.cluster import Cluster
         from qsweep.orchestrator.adapters.search import StudyStore
         from qsweep.orchestrator.sweep.driver import SweepDriver
@@ -47,7 +48,12 @@ class PreparedSweep:
 
         spec = self.plan.spec
         self._cluster = Cluster(address, num_gpus, num_cpus)
+        local = not self._cluster.address
+        if local:  # what a killed driver of this sweep left running, stopped first
+            leftovers.stop(self.local_cluster_file)
         capacity = self._cluster.connect()
+        if local:
+            leftovers.record(self.local_cluster_file)
         resources = trial_resources(spec.resources, capacity)
         fits = [capacity.cpus / resources.cpus]
         if resources.gpus > 0:
@@ -79,9 +85,15 @@ class PreparedSweep:
         store = self._store or StudyStore(self.optuna_url, self.plan.spec)
         return status_rows(self.plan, store)
 
+    @property
+    def local_cluster_file(self) -> Path:
+        """The processes of the local Ray cluster this sweep's driver started (``adapters.leftovers``)."""
+        return self.directory.path / "local_cluster.json"
+
     def close(self) -> None:
         if self._cluster is not None and not self._cluster.address:
             self._cluster.shutdown()
+            self.local_cluster_file.unlink(missing_ok=True)
 
 
 def trial_resources(requested: Any, capacity: Any) -> Any:

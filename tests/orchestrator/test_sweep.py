@@ -510,3 +510,118 @@ def test_a_disk_that_fills_up_mid_sweep_stops_it_clearly_and_resume_finishes_it(
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert len(steps) == len(set(steps)), key
     assert metric_steps(client, run.info.run_id) == list(range(1, 61))
+
+
+def assert_consistent_so_far(root: Path, name: str, client: MlflowClient, experiment: str,
+                             context: str) -> None:
+    """What must hold after any kill: each (cell, seed) has at most one Optuna trial (running or
+    complete), at most one MLflow run, and no run holds a (metric, step) twice."""
+    for study, trials in optuna_trials(f"sqlite:///{root / 'sweeps' / name / 'optuna.db'}").items():
+        states = {t.state.name for t in trials}
+        assert len(trials) <= 1 and states <= {"RUNNING", "COMPLETE"}, (context, study, states)
+    found = client.get_experiment_by_name(experiment)
+    runs = [] if found is None else client.search_runs([found.experiment_id], "tags.`qsweep.role` = 'trial'")
+    slots = Counter((r.data.tags["qsweep.cell"], r.data.tags["qsweep.seed"]) for r in runs)
+    assert set(slots.values()) <= {1}, (context, slots)
+    for run in runs:
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (context, run.info.run_name, key, steps)
+    directories = Counter(d.name.rsplit("-t", 1)[0] for d in (root / "sweeps" / name / "trials").glob("*"))
+    assert set(directories.values()) <= {1}, (context, directories)
+
+
+def test_chaos_the_driver_killed_at_random_moments_loses_and_repeats_nothing(
+        sweep_spec, ray_cluster, mlflow_server, tmp_path: Path) -> None:
+    """The driver of one small sweep is SIGKILLed at seeded random moments (replay a failure
+    with QSWEEP_CHAOS_SEED=<seed>); after each kill, nothing is duplicated; a last resume
+    finishes it with every (cell, seed) exactly once and every metric step logged once."""
+    import random
+
+    seed = int(os.environ.get("QSWEEP_CHAOS_SEED", "20261127"))
+    rng = random.Random(seed)
+    steps = 16
+    spec = sweep_spec("chaos", grid={"quant.type": ["nf4", "fp4"]}, seeds=[0, 1], concurrency=2,
+                      train={"max_steps": steps, "checkpoint_every": 2})
+    root = tmp_path / "runs"
+    client = MlflowClient(mlflow_server)
+    command = [QSWEEP, "run", str(spec), "--address", ray_cluster, "--root", str(root)]
+    killed = 0
+    for kill in range(4):
+        moment = rng.uniform(3.0, 25.0)
+        driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            driver.wait(timeout=moment)
+        except subprocess.TimeoutExpired:
+            driver.send_signal(signal.SIGKILL)
+            driver.wait()
+            killed += 1
+        wait_for(checkpoints_settled(root), what="the killed driver's workers to stop")
+        context = f"seed {seed}, kill {kill} at {moment:.1f} s"
+        assert_consistent_so_far(root, "chaos", client, "sweep-chaos", context)
+    assert killed >= 2, f"seed {seed}: the sweep ended before most kills; choose later moments"
+    done = qsweep("resume", "chaos", "--address", ray_cluster, root=root)
+    assert done.returncode == 0, (seed, done.stderr)
+    runs = assert_exactly_once(root, "chaos", client, "sweep-chaos", cells=2, seeds=2)
+    for run in runs:
+        assert metric_steps(client, run.info.run_id) == list(range(1, steps + 1)), (seed, run.info.run_name)
+    assert_consistent_so_far(root, "chaos", client, "sweep-chaos", f"seed {seed}, at the end")
+
+
+def descendants(pid: int) -> list[tuple[int, float]]:
+    """(pid, start time) of every descendant process of ``pid``."""
+    import psutil
+
+    try:
+        return [(p.pid, p.create_time()) for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def still_running(processes: list[tuple[int, float]]) -> list[str]:
+    import psutil
+
+    alive = []
+    for pid, started in processes:
+        try:
+            process = psutil.Process(pid)
+            if abs(process.create_time() - started) < 1e-3 and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{pid} {process.name()}")
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def test_no_process_of_a_local_cluster_outlives_ctrl_c_or_the_next_run_after_a_kill(
+        sweep_spec, tmp_path: Path) -> None:
+    """Ctrl-C stops the local cluster with the driver; after a SIGKILLed driver, the next run of
+    the sweep stops what the killed one left before it starts its own."""
+    spec = sweep_spec("leftovers", train={"max_steps": 40, "checkpoint_every": 10}, seeds=[0],
+                      resources={"gpus": 0, "cpus": 1})
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    root = tmp_path / "runs"
+    command = [QSWEEP, "run", str(spec), "--num-cpus", "2", "--root", str(root)]
+
+    def start_a_trial() -> tuple[subprocess.Popen, list[tuple[int, float]]]:
+        for stale in root.glob("sweeps/leftovers/trials/*/worker.pid"):
+            stale.unlink()
+        driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        wait_for(lambda: list(root.glob("sweeps/leftovers/trials/*/worker.pid")), what="a running trial")
+        time.sleep(2)
+        cluster = descendants(driver.pid)
+        assert len(cluster) >= 3, cluster  # GCS, raylet, a worker at least
+        return driver, cluster
+
+    driver, cluster = start_a_trial()
+    driver.send_signal(signal.SIGINT)
+    assert driver.wait(timeout=120) == 130
+    wait_for(lambda: not still_running(cluster), timeout=30, what="the cluster to stop with Ctrl-C")
+
+    driver, cluster = start_a_trial()
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    done = subprocess.run([QSWEEP, "resume", "leftovers", "--num-cpus", "2", "--root", str(root)],
+                          capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not still_running(cluster), still_running(cluster)
+    assert not (root / "sweeps" / "leftovers" / "local_cluster.json").exists()
