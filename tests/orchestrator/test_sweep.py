@@ -388,10 +388,11 @@ def listening_addresses(pid: int) -> set[tuple[str, str]]:
 
 def test_a_local_cluster_listens_on_loopback_only(sweep_spec, tmp_path: Path) -> None:
     """Without --address, qsweep run starts a private Ray cluster whose every server (GCS,
-    raylet, workers, agents) binds 127.0.0.1, not the machine's network address."""
+    raylet, workers, agents) binds 127.0.0.1, not the machine's network address; its token
+    authentication is on without Ray's banner about it."""
     spec = sweep_spec("loopback", train={"max_steps": 6}, grid={"lora.r": [4]}, seeds=[0],
                       resources={"gpus": 0, "cpus": 1})
-    switches = ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    switches = ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
     env = {k: v for k, v in os.environ.items() if k not in switches}
     driver = subprocess.Popen([QSWEEP, "run", str(spec), "--num-cpus", "2", "--root", str(tmp_path / "runs")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
@@ -399,7 +400,9 @@ def test_a_local_cluster_listens_on_loopback_only(sweep_spec, tmp_path: Path) ->
     while driver.poll() is None:
         seen |= listening_addresses(driver.pid)
         time.sleep(0.5)
-    assert driver.returncode == 0, driver.stderr.read()[-3000:]
+    err = driver.stderr.read()
+    assert driver.returncode == 0, err[-3000:]
+    assert "Token authentication" not in err  # on, and no banner about it (issue 13)
     servers = {name for name, _ in seen}
     assert {"gcs_server", "raylet"} <= servers, seen
     exposed = {(name, ip) for name, ip in seen if ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")}

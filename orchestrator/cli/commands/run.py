@@ -93,16 +93,20 @@ def _report(prepared: Any, root: Path) -> None:
     publish(prepared.tracking_uri, prepared.experiment, name, layouts, root / "reports" / name)
 
 
-def on_loopback_unless_joining(address: str | None) -> None:
-    """A local cluster (no ``--address``, no ``RAY_ADDRESS``) listens on 127.0.0.1 only.
+def local_cluster_environment(address: str | None) -> None:
+    """A local cluster (no ``--address``, no ``RAY_ADDRESS``) listens on 127.0.0.1 only, with
+    Ray's token authentication on.
 
     Ray binds its servers (GCS, raylet, workers, agents) to the node's address, and on Linux
     takes the machine's network address for it; its switch for a single-machine cluster,
-    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, makes the node address loopback. Ray reads it when
-    it is imported, so this runs before anything imports ray; a value the user set is kept.
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, makes the node address loopback. Token
+    authentication is Ray's default; set explicitly (``RAY_AUTH_MODE=token``) Ray keeps it
+    without printing a banner about it. Ray reads both when it is imported, so this runs before
+    anything imports ray; values the user set are kept.
     """
     if not (address or os.environ.get("RAY_ADDRESS")):
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def _launch(plan: Any, args: argparse.Namespace) -> int:
@@ -132,7 +136,7 @@ def _launch(plan: Any, args: argparse.Namespace) -> int:
 
 
 def _run_sweep(plan: Any, args: argparse.Namespace) -> int:
-    on_loopback_unless_joining(args.address)
+    local_cluster_environment(args.address)
     from filelock import FileLock, Timeout
     from qsweep.orchestrator.cli.console import (
         SweepProgress,
