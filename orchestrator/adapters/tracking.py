@@ -71,10 +71,15 @@ def resolve_uri(configured: str | None, root: Path) -> str:
     return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
-def local_artifact_root(uri: str) -> str | None:
-    """Where a SQLite store keeps artifacts: ``mlartifacts`` beside the database file."""
+def local_artifact_root(uri: str, root: Path | None = None) -> str | None:
+    """Where the experiments qsweep creates keep their artifacts: a SQLite store's beside its
+    database file (``mlartifacts``); a database server's (PostgreSQL, MySQL) under the runs root
+    ``root`` (MLflow would put them in ``./mlruns`` of whatever directory the command ran in); an
+    MLflow server's where the server says (None)."""
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    if root is not None and not uri.startswith(("http://", "https://", "file:")) and "://" in uri:
+        return (Path(root) / "mlartifacts").resolve().as_uri()
     return None
 
 
@@ -179,10 +184,11 @@ class MlflowTracker:
 
     @classmethod
     def start(cls, uri: str, experiment: str, run_name: str, tags: dict[str, str] | None = None,
-              parent_run_id: str | None = None) -> MlflowTracker:
-        """Create a run in ``experiment`` (nested under ``parent_run_id`` when given)."""
+              parent_run_id: str | None = None, root: Path | None = None) -> MlflowTracker:
+        """Create a run in ``experiment`` (nested under ``parent_run_id`` when given); an
+        experiment created for it keeps its artifacts where :func:`local_artifact_root` says."""
         client = _client(uri)
-        exp_id = experiment_id(client, experiment, local_artifact_root(uri))
+        exp_id = experiment_id(client, experiment, local_artifact_root(uri, root))
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id

@@ -62,7 +62,7 @@ class RunLedger:
             else:
                 parent = MlflowTracker.start(self.uri, self.experiment, self.plan.spec.name, tags={
                     "qsweep.role": "sweep", "qsweep.sweep": self.plan.spec.name,
-                    "qsweep.sweep_id": self.state.sweep_id})
+                    "qsweep.sweep_id": self.state.sweep_id}, root=self.directory.path.parents[1])
                 self._describe_parent(parent)
             self.state.parent_run_id = parent.run_id
             self.directory.save(self.state)

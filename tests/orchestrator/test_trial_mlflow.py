@@ -249,3 +249,18 @@ def test_a_nan_trial_is_tagged_nan(mlflow_server, tiny_config, tmp_path: Path) -
     tags = MlflowClient(mlflow_server).get_run(tracker.run_id).data.tags
     assert tags["qsweep.status"] == "nan" and "became" in tags["qsweep.reason"]
 
+
+
+def test_a_database_tracking_store_keeps_artifacts_under_the_runs_root(postgres_url, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """MLflow on a database server (here the local PostgreSQL) would write artifacts to ./mlruns of
+    whatever directory the command ran in; qsweep's experiments keep them under the runs root."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "runs"
+    run = MlflowTracker.start(postgres_url, "db-store", "artifacts", root=root)
+    note = tmp_path / "note.txt"
+    note.write_text("kept under the root")
+    run.log_artifact(note, "notes")
+    run.finish("FINISHED")
+    assert list((root / "mlartifacts").rglob("notes/note.txt"))
+    assert not (tmp_path / "mlruns").exists()

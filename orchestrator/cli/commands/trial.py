@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         hub.require_hub(f"the data of lm-eval tasks {', '.join(cfg.eval.needs_hub)}",
                         offline_hint="Offline alternatives: eval.tasks=[mmlu_offline,perplexity_offline].")
     run_name = cfg.tracking.run_name or f"{args.config.stem}-{cfg.quant.label}-{trial_hash[:8]}"
-    tracker = MlflowTracker.start(uri, cfg.tracking.experiment, run_name)
+    tracker = MlflowTracker.start(uri, cfg.tracking.experiment, run_name, root=root)
     console.print(f"[bold]qsweep trial[/] {escape(str(args.config))} -> {escape(str(workdir))}")
     console.print(f"MLflow run {tracker.run_id} in {redact(uri)}", highlight=False)
     status = TrialStatus.FAILED.mlflow_status
