@@ -6,7 +6,7 @@ import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
-from qsweep.evaluation.mmlu_categories import SUBJECT_CATEGORIES
+from qsweep.evaluation.mmlu_categories import CATEGORIES, SUBJECT_CATEGORIES
 from qsweep.trainers.config import ConfigProblems, ConfigSection
 
 OFFLINE_TASKS = ("mmlu_offline", "perplexity_offline")
@@ -25,6 +25,15 @@ def subject_task(name: str) -> tuple[str, str] | None:
     if match and match["subject"] in SUBJECT_CATEGORIES:
         return match["family"], match["subject"]
     return None
+
+def is_offline(task: str) -> bool:
+    """Whether ``task`` is shipped with qsweep: an offline task, an offline MMLU subject
+    (``mmlu_offline_anatomy``) or an offline MMLU category group (``mmlu_offline_stem``)."""
+    if task in OFFLINE_TASKS:
+        return True
+    offline_subject = (found := subject_task(task)) is not None and found[0] == "mmlu_offline"
+    return offline_subject or task in {f"mmlu_offline_{category}" for category in CATEGORIES}
+
 
 OFFLINE_DEV_PER_SUBJECT = 5
 """Questions per subject that mmlu_offline reserves as few-shot examples (as MMLU's dev split)."""
@@ -136,4 +145,4 @@ class EvalConfig(ConfigSection):
     @property
     def needs_hub(self) -> list[str]:
         """The configured tasks that download their data from the hub."""
-        return [t for t in self.all_tasks if t not in OFFLINE_TASKS]
+        return [t for t in self.all_tasks if not is_offline(t)]

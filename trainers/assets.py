@@ -176,7 +176,15 @@ def fetch(name: str, *, force: bool = False, log: Callable[[str], None] = print)
 
     asset = _known(name)
     target = asset_dir(name)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=target.parent, prefix=".writable-")  # noqa: SIM115
+        probe.close()
+    except OSError as err:
+        where = "QSWEEP_CACHE_DIR" if os.environ.get("QSWEEP_CACHE_DIR") else "the asset cache"
+        raise AssetError(f"{where} ({cache_dir()}) cannot hold assets: {err.strerror or err} at "
+                         f"{err.filename or target.parent}; point QSWEEP_CACHE_DIR at a writable "
+                         "directory") from None
     with FileLock(str(target) + ".lock"):
         if not force and is_present(name):
             problems = verify(name)

@@ -8,6 +8,7 @@ anything loads. Example::
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from pathlib import Path
 
@@ -20,18 +21,27 @@ TRACKING_SCHEMES = ("http://", "https://", "sqlite:///", "postgresql://", "postg
                     "mysql://", "mysql+pymysql://", "file:", "databricks")
 
 
+_HOST = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$|^[0-9a-fA-F:.]+$")
+
+
 def check_url(url: str | None, schemes: tuple[str, ...]) -> str | None:
-    """``url`` if it starts with one of ``schemes`` and any port it names is a number in range;
-    the error never repeats the URL (it may hold a password)."""
+    """``url`` if it starts with one of ``schemes``, names a valid host (servers) and any port it
+    names is a number in range; the error never repeats the URL (it may hold a password)."""
     if url is None:
         return None
     if not url.startswith(schemes):
         raise ValueError(f"must start with one of {', '.join(schemes)}, got a URI with scheme "
                          f"{url.split(':', 1)[0]!r}")
+    parts = urllib.parse.urlsplit(url)
     try:
-        urllib.parse.urlsplit(url).port  # noqa: B018 - parsing it is the check
+        parts.port  # noqa: B018 - parsing it is the check
     except ValueError as err:
         raise ValueError(f"has an invalid port ({err})") from None
+    host = parts.hostname or ""
+    if not host and url.startswith(("http://", "https://")):  # (a database may be a local socket)
+        raise ValueError("names no host (scheme://host:port/...)")
+    if host and not url.startswith("sqlite") and not _HOST.match(host):
+        raise ValueError(f"has an invalid host {host!r} (letters, digits, '-' and '.', or an IP address)")
     return url
 
 

@@ -148,3 +148,12 @@ def test_an_unknown_step0_task_is_named_with_its_key() -> None:
 
     with pytest.raises(SetupError, match="eval.baseline_tasks.*perplexity_ofline.*perplexity_offline"):
         check_tasks(EvalConfig(tasks=["mmlu_offline"], baseline_tasks=["perplexity_ofline"]))
+
+
+def test_offline_mmlu_subjects_and_categories_need_no_hub() -> None:
+    from qsweep.evaluation.config import EvalConfig
+
+    offline = EvalConfig(tasks=["mmlu_offline_anatomy", "mmlu_offline_stem", "perplexity_offline"])
+    assert offline.needs_hub == []
+    online = EvalConfig(tasks=["mmlu_anatomy", "hellaswag", "mmlu_offline_nosuchsubject"])
+    assert online.needs_hub == ["mmlu_anatomy", "hellaswag", "mmlu_offline_nosuchsubject"]

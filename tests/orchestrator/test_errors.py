@@ -151,6 +151,9 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, capsys) -> Non
     ("storage.tracking=gopher://host/x", "storage.tracking: must start with one of http://"),
     ("storage.optuna=postgresql://qsweep:secret@db:99999/optuna", "storage.optuna: has an invalid port"),
     ("storage.tracking=http://user:secret@host:port/", "storage.tracking: has an invalid port"),
+    ("storage.tracking=http://user:secret@:5000/", "storage.tracking: names no host"),
+    ("storage.optuna=postgresql://u:secret@bad_host!/x", "storage.optuna: has an invalid host 'bad_host!'"),
+    ("trial.tracking.uri=https://u:secret@exa mple.com/", "trial.tracking.uri: has an invalid host"),
 ])
 def test_storage_urls_are_checked_in_plan_with_their_key(capsys, override: str, expected: str) -> None:
     assert main(["plan", "demo", override]) == 2

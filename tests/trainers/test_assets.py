@@ -96,3 +96,15 @@ def test_cli_lists_assets(cache: Path) -> None:
     mmlu_line = next(line for line in after.splitlines() if "mmlu" in line)
     assert "verified" in mmlu_line
     assert "not fetched" in next(line for line in after.splitlines() if "smollm2" in line)
+
+
+def test_an_unusable_cache_dir_is_one_clear_error(tmp_path, monkeypatch, capsys) -> None:
+    from qsweep.orchestrator.cli.main import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("QSWEEP_CACHE_DIR", str(blocker / "cache"))
+    assert main(["assets", "fetch", "mmlu"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"QSWEEP_CACHE_DIR ({blocker / 'cache'}) cannot hold assets: Not a directory" in err
+    assert "Traceback" not in err
