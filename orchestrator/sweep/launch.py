@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qsweep.orchestrator.sweep.planning import Plan, growth, load_plan
+from qsweep.orchestrator.sweep.planning import Plan, growth
 from qsweep.orchestrator.sweep.sweep_dir import SweepDir, SweepState
 from qsweep.trainers.errors import ConfigError
 from qsweep.trainers.status import TrialStatus
@@ -154,7 +154,7 @@ def prepare_sweep(plan: Plan, root: Path) -> PreparedSweep:
     existing = directory.load() if directory.exists() else None
     grown = None
     if existing is not None and existing.fingerprint != plan.fingerprint():
-        grown = growth(load_plan(directory.spec_file), plan)
+        grown = growth(directory.snapshot_plan(), plan)
         if grown is None:
             raise ConfigError([("", f"sweep {plan.spec.name!r} exists in {directory.path} with a different "
                                     "plan: a sweep grows by more seeds, grid values or search trials, but "

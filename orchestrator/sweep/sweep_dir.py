@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 from qsweep.orchestrator.adapters.credentials import mask_password
-from qsweep.orchestrator.sweep.planning import Plan, StudyPlan
+from qsweep.orchestrator.sweep.planning import Plan, StudyPlan, load_plan
+from qsweep.trainers.errors import ConfigError
 
 
 @dataclass
@@ -71,6 +72,21 @@ class SweepDir:
 
     def trial_dir(self, planned: StudyPlan, number: int) -> Path:
         return self.path / "trials" / f"{planned.cell.key}-seed{planned.seed}-t{number}"
+
+    def snapshot_plan(self) -> Plan:
+        """The plan of the sweep's own spec snapshot; a snapshot that no longer reads as a spec
+        (edited or damaged here) is said to be that, not a mistake in the user's spec.
+
+        Raises:
+            ConfigError: naming the snapshot and what to do.
+        """
+        try:
+            return load_plan(self.spec_file)
+        except ConfigError as err:
+            problems = "; ".join(f"{key}: {message}" if key else message for key, message in err.problems)
+            raise ConfigError([("", f"the sweep directory's spec snapshot {self.spec_file} is damaged "
+                                    f"({problems}); restore it, or run the sweep's spec again with "
+                                    "`qsweep run SPEC` (it resumes the sweep)")]) from None
 
     def load(self) -> SweepState:
         return SweepState(**json.loads(self.state_file.read_text()))

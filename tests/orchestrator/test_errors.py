@@ -214,3 +214,21 @@ def test_the_words_of_each_fault_are_recognized() -> None:
     assert fault_kind(sqlite3.DatabaseError("database disk image is malformed")) == "damaged"
     assert fault_kind(sqlite3.OperationalError("database is locked")) == "locked"
     assert fault_kind(ValueError("not valid JSON")) is None
+
+
+def test_a_damaged_spec_snapshot_is_named_as_such(tmp_path, capsys) -> None:
+    from qsweep.orchestrator.sweep.planning import load_plan
+    from qsweep.orchestrator.sweep.sweep_dir import SweepDir
+
+    spec = tmp_path / "snap.yaml"
+    spec.write_text(yaml.safe_dump({"name": "snap", "base": "smollm2-offline"}))
+    directory = SweepDir.of(tmp_path / "runs", "snap")
+    directory.create(load_plan(spec))
+    snapshot = yaml.safe_load(directory.spec_file.read_text())
+    snapshot["trial"]["eval"] = 5  # damaged, or edited by hand
+    directory.spec_file.write_text(yaml.safe_dump(snapshot))
+    for command in (["status", "snap"], ["resume", "snap"]):
+        assert main([*command, "--root", str(tmp_path / "runs")]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        said = f"the sweep directory's spec snapshot {directory.spec_file} is damaged (trial.eval: must be"
+        assert said in err and "qsweep run SPEC" in err

@@ -50,9 +50,8 @@ def sweep_store(args: argparse.Namespace) -> tuple[str, str, list[Any]]:
     directory = SweepDir.of(args.root, args.sweep)
     if directory.exists() and not args.tracking_uri:
         from qsweep.orchestrator.sweep.launch import resolve_storage
-        from qsweep.orchestrator.sweep.planning import load_plan
 
-        plan = load_plan(directory.spec_file)
+        plan = directory.snapshot_plan()
         _, uri, experiment = resolve_storage(plan, directory, args.root.resolve())
         return uri, args.experiment or experiment, list(plan.spec.reports)
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")

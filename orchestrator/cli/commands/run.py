@@ -61,11 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_resume(args: argparse.Namespace) -> int:
-    from qsweep.orchestrator.sweep.planning import load_plan
 
     directory = sweep_directory(args.sweep, args.root)
     args.root = directory.path.parents[1]
-    plan = load_plan(directory.spec_file)
+    plan = directory.snapshot_plan()
     gate_remote_code(plan, args)
     return _launch(plan, args)
 

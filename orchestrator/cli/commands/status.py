@@ -40,9 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from qsweep.orchestrator.adapters.search import StudyStore
     from qsweep.orchestrator.cli.console import console, phases_summary, sweep_summary
     from qsweep.orchestrator.sweep.launch import check_local_databases, resolve_storage, status_rows
-    from qsweep.orchestrator.sweep.planning import load_plan
 
-    plan = load_plan(directory.spec_file)
+    plan = directory.snapshot_plan()
     state = directory.load()
     optuna_url, tracking, _ = resolve_storage(plan, directory, directory.path.parents[1])
     check_local_databases(optuna_url, tracking)
