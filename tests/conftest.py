@@ -157,12 +157,12 @@ def launch_server(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Pop
         stop(process)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``mlflow server`` (SQLite backend, artifact proxy) on a free loopback port."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = root / "server.log"
+def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    """A real ``mlflow server`` (SQLite backend and artifacts in ``root``, artifact proxy) on
+    loopback ``port``, once it answers; stop it with :func:`stop` (and start it again on the same
+    store and port to end an outage)."""
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / f"server-{time.monotonic_ns()}.log"
     command = [sys.executable, "-m", "mlflow", "server",
                "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
@@ -171,8 +171,43 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with open(log, "w") as sink:
         server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
                                   start_new_session=True)
+    wait_for_http(f"http://127.0.0.1:{port}/health", server, log)
+    return server
+
+
+class RestartableServer:
+    """An MLflow server of one test that can be stopped and started again on its store and port."""
+
+    def __init__(self, root: Path):
+        self.root, self.port = root, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = start_mlflow_server(self.root, self.port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+
+
+@pytest.fixture
+def restartable_mlflow(tmp_path: Path) -> Iterator[RestartableServer]:
+    server = RestartableServer(tmp_path / "mlflow-server")
+    server.start()
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", server, log)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` (SQLite backend, artifact proxy) on a free loopback port."""
+    port = free_port()
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), port)
+    try:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(server)

@@ -25,6 +25,8 @@ _MESSAGES = (  # SQLite's words (through sqlite3, SQLAlchemy, Optuna or MLflow),
     ("attempt to write a readonly database", "read-only"),
     ("read-only file system", "read-only"),
     ("no space left on device", "full"),
+    ("did not take the trial's step metrics", "unreachable"),  # qsweep's, trial.runner
+    ("cannot reach the mlflow tracking server", "unreachable"),
 )
 
 
@@ -55,8 +57,8 @@ def _fault(err: BaseException) -> tuple[str, BaseException] | None:
 
 
 def fault_kind(err: BaseException) -> str | None:
-    """``full``, ``read-only``, ``damaged``, ``locked`` or ``io`` when ``err`` (or an exception
-    behind it) is a storage fault; None otherwise."""
+    """``full``, ``read-only``, ``damaged``, ``locked``, ``unreachable`` or ``io`` when ``err``
+    (or an exception behind it) is a storage fault; None otherwise."""
     found = _fault(err)
     return found[0] if found else None
 
@@ -95,6 +97,8 @@ def storage_fault(err: BaseException, root: Path, stores: str, resume: str) -> S
         todo = "restore it from a backup, or run the spec under another name"
     elif kind == "locked":
         what, todo = f"a database stayed locked ({detail})", "stop the other program that holds it"
+    elif kind == "unreachable":
+        what, todo = f"a store stayed out of reach ({detail})", "bring it back"
     else:
         what, todo = f"a disk failed to read or write ({detail})", "check the disk"
     return StorageFault(f"{what}. Stores: {stores}. What was recorded before is kept: {todo}, then "

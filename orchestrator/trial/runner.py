@@ -45,6 +45,8 @@ from qsweep.orchestrator.trial.baseline import ARTIFACT_PATH as BASELINE_ARTIFAC
 from qsweep.orchestrator.trial.baseline import KEY_TAG, SOURCE_TAG, baseline_key, recorded_baseline
 from qsweep.orchestrator.trial.config import TrialConfig
 from qsweep.orchestrator.trial.gpu_turns import GpuTurns, NoTurns, memory_needs
+from qsweep.orchestrator.trial.metric_sender import MetricSender
+from qsweep.trainers.errors import TrackingUnavailable
 from qsweep.trainers.faults import StepHook
 from qsweep.trainers.metrics import StepMetrics, TrainResult
 from qsweep.trainers.phases import PhaseClock
@@ -262,7 +264,9 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
         latest = tracker.latest_metric_steps()  # what a retried run logged before
         if not footprint.keys() <= latest.keys():
             tracker.log_metrics(footprint, step=0)
-        logged = latest.get("train/loss", 0)
+        sender = MetricSender(tracker, workdir)
+        # steps an earlier attempt trained while MLflow was away: sent now, not trained again
+        logged = max(latest.get("train/loss", 0), sender.backfill(latest))
     with phases.phase("wait"):
         turns.take_turn()
     # One sizer for every evaluation of this model: its memory is measured once.
@@ -289,7 +293,7 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
     def record_step(metrics: StepMetrics) -> None:
         turns.training()  # memory steady from the first step on: the other trial may load
         if metrics.step > logged:
-            tracker.log_metrics(_train_metrics(metrics), step=metrics.step)
+            sender.send(_train_metrics(metrics), metrics.step)
         if on_step is not None:
             on_step(metrics)
         window.append(metrics.loss)
@@ -318,6 +322,12 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
     finally:
         evaluating = phases.seconds.get("intermediate_eval", 0.0) - evaluating_before
         phases.add("train", phases.clock() - began - evaluating)
+        sent = sender.flush(METRICS_FLUSH_S)
+        sender.close()
+    if not sent:
+        raise TrackingUnavailable(f"the MLflow tracking store did not take the trial's step metrics for "
+                                  f"{METRICS_FLUSH_S:.0f} s ({sender.last_error}); they wait in "
+                                  f"{sender.journal} and are sent when the trial runs again")
     if cfg.train.auto_layout:  # what auto chose (a resumed run chooses the same)
         tracker.log_params({"train.chosen_micro_batch_size": trained.micro_batch_size,
                             "train.chosen_grad_accum_steps": trained.grad_accum_steps})
@@ -364,6 +374,10 @@ def _baseline(cfg: TrialConfig, tracker: Tracker, workdir: Path, phases: PhaseCl
         tracker.set_tags({KEY_TAG: key})  # last: the evaluation is complete in MLflow
     return outcome.metrics
 
+
+METRICS_FLUSH_S = 600.0
+"""How long a trial that finished training waits for MLflow to take its step metrics (an outage
+longer than that ends the trial; its metrics wait in its journal for the next run)."""
 
 EVAL_KINDS = {"loglikelihood": "choices", "rolling": "perplexity", "generate": "generation"}
 """How an evaluation progress row names lm-eval's request types."""

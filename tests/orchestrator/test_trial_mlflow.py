@@ -264,3 +264,44 @@ def test_a_database_tracking_store_keeps_artifacts_under_the_runs_root(postgres_
     run.finish("FINISHED")
     assert list((root / "mlartifacts").rglob("notes/note.txt"))
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_an_mlflow_outage_longer_than_the_client_retries_loses_no_step(
+        tiny_config, tmp_path: Path, monkeypatch, restartable_mlflow) -> None:
+    """The tracking server is stopped for half the training, longer than its client's retries
+    (here none); training goes on, and every step's metrics reach MLflow once it is back. A
+    second outage outlasts the trial: the trial ends unrecorded, its step metrics wait in its
+    journal, and the same trial run again (once the server is back) sends them — every step
+    logged exactly once."""
+    import qsweep.orchestrator.trial.runner as runner
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    server, uri = restartable_mlflow, restartable_mlflow.uri
+
+    def outage(down_at: int, back_at: int | None):
+        def on_step(metrics) -> None:
+            if metrics.step == down_at:
+                server.stop()
+            if metrics.step == back_at:
+                server.start()
+        return on_step
+
+    cfg = tiny_config(train={"max_steps": 30, "checkpoint_every": 10}, eval={"tasks": []},
+                      tracking={"uri": uri})
+    tracker = MlflowTracker.start(uri, "outage", "outage")
+    result = run_trial(cfg, tracker, tmp_path / "work", on_step=outage(5, 20))
+    assert result.status == "finished"
+    client = MlflowClient(uri)
+    logged = [m.step for m in client.get_metric_history(tracker.run_id, "train/loss")]
+    assert sorted(logged) == list(range(1, 31))
+
+    monkeypatch.setattr(runner, "METRICS_FLUSH_S", 2.0)
+    again = MlflowTracker.start(uri, "outage", "outlasting")
+    with pytest.raises(Exception, match="did not take the trial's step metrics"):
+        run_trial(cfg, again, tmp_path / "work-2", on_step=outage(5, None))
+    server.start()
+    assert (tmp_path / "work-2" / "train_metrics.jsonl").is_file()
+    resumed = run_trial(cfg, MlflowTracker.attach(uri, again.run_id), tmp_path / "work-2")
+    assert resumed.status == "finished"
+    assert sorted(m.step for m in client.get_metric_history(again.run_id, "train/loss")) == list(range(1, 31))
