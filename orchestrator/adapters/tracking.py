@@ -107,7 +107,8 @@ def check_reachable(uri: str) -> None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise TrackingUnavailable(f"cannot create the local MLflow store in {folder}: {err}") from None
+            raise TrackingUnavailable(f"cannot create the local MLflow store in {folder}: {err}; choose a "
+                                      "writable --root (or another tracking store)") from None
         return
     try:
         _client(uri).search_experiments(max_results=1)

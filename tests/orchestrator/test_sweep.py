@@ -463,6 +463,23 @@ def test_a_damaged_optuna_database_is_one_clear_error_and_resume_works_once_rest
     assert done.returncode == 0 and "1 trials already ended" in done.stdout
 
 
+def test_a_read_only_runs_root_is_one_clear_error(sweep_spec, tmp_path: Path) -> None:
+    spec = sweep_spec("readonly", storage={"tracking": None})
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        done = qsweep("run", str(spec), root=mount / "runs")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+    err = " ".join(done.stderr.split())
+    assert done.returncode == 4 and "Read-only file system" in err and "choose a writable --root" in err
+    assert "Traceback" not in err
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A 16 MiB tmpfs (mounting needs root: skipped where it is refused)."""
