@@ -109,7 +109,8 @@ def check_sqlite(path: Path, what: str) -> None:
     """Fail with a clear message when the SQLite database at ``path`` exists and is damaged.
 
     Raises:
-        StorageFault: SQLite's quick check finds it damaged, or cannot read it as a database.
+        StorageFault: SQLite's quick check finds it damaged, cannot read it as a database, or
+            waits 10 s for another program's lock on it.
     """
     if not path.is_file():
         return
@@ -122,6 +123,9 @@ def check_sqlite(path: Path, what: str) -> None:
     finally:
         if connection is not None:
             connection.close()
+    if verdict == "database is locked":
+        raise StorageFault(f"{what} {path} is locked by another program (SQLite: {verdict}); stop it "
+                           "(a SQLite browser, a copy in progress) and try again")
     if verdict != "ok":
         raise StorageFault(f"{what} {path} is damaged (SQLite: {verdict[:200]}); restore it from a "
                            "backup, or run the spec under another name (its MLflow runs stay where "

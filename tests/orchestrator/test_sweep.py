@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -443,7 +444,7 @@ def test_credentials_never_reach_the_disk_and_resume_takes_them_from_the_environ
     assert "1 trials already ended" in done.stdout
 
 
-def test_a_damaged_optuna_database_is_one_clear_error_and_resume_works_once_restored(
+def test_a_damaged_or_locked_optuna_database_is_one_clear_error_and_resume_works_after(
         sweep_spec, ray_cluster, tmp_path: Path) -> None:
     spec = sweep_spec("damaged", seeds=[0])
     root = tmp_path / "runs"
@@ -459,6 +460,16 @@ def test_a_damaged_optuna_database_is_one_clear_error_and_resume_works_once_rest
         assert f"the Optuna database {database} is damaged (SQLite: database disk image is malformed)" in err
         assert "restore it from a backup" in err and "Traceback" not in err
     shutil.copy(backup, database)
+    holder = sqlite3.connect(database)  # another program holds it, exclusively
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        done = qsweep("status", "damaged", root=root)
+    finally:
+        holder.rollback()
+        holder.close()
+    err = " ".join(done.stderr.split())
+    assert done.returncode == 4 and f"the Optuna database {database} is locked by another program" in err
     done = qsweep("resume", "damaged", "--address", ray_cluster, root=root)
     assert done.returncode == 0 and "1 trials already ended" in done.stdout
 
