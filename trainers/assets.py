@@ -16,7 +16,6 @@ name in configs: ``model.name: smollm2-135m-instruct``. Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qsweep.trainers.errors import AssetError
+from qsweep.trainers.hashing import sha256_file
 
 MANIFEST = "qsweep-asset.json"
 
@@ -130,14 +130,6 @@ def cache_dir() -> Path:
 def asset_dir(name: str) -> Path:
     """Where asset ``name`` lives once fetched."""
     return cache_dir() / "assets" / name
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify(name: str) -> list[str]:

@@ -22,7 +22,6 @@ manifest, then every file read in full before anything is restored — and renam
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from qsweep.trainers.hashing import sha256_file
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
@@ -99,7 +99,7 @@ def save_checkpoint(workdir: Path, model: Any, optimizer: torch.optim.Optimizer,
         "numpy_rng": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
     }
     (partial / STATE_FILE).write_text(json.dumps(payload, indent=1))
-    manifest = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+    manifest = {f.name: {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
                 for f in sorted(partial.iterdir()) if f.is_file()}
     (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     if target.exists():
@@ -149,7 +149,7 @@ def verify(path: Path) -> None:
             raise CheckpointDamaged(f"{name} is missing")
         if file.stat().st_size != expected["bytes"]:
             raise CheckpointDamaged(f"{name} has {file.stat().st_size:,} bytes, not {expected['bytes']:,}")
-        if _sha256(file) != expected["sha256"]:
+        if sha256_file(file) != expected["sha256"]:
             raise CheckpointDamaged(f"{name} does not match its checksum")
 
 
@@ -251,14 +251,6 @@ def _prune(root: Path, keep: int) -> None:
                    key=lambda p: int(p.name[len(_PREFIX):]))
     for old in steps[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _jsonable(value: Any) -> Any:

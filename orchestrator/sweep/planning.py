@@ -384,22 +384,21 @@ def check_remote_code(plan: Plan, allowed: bool) -> list[str]:
     return keys
 
 
+_MISSING = object()
+
+
 def _value_at(data: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted key path of nested mappings, or ``_MISSING``."""
     node: Any = data
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            return None
+            return _MISSING
         node = node[part]
     return node
 
 
 def _has_path(data: dict[str, Any], dotted: str) -> bool:
-    node: Any = data
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
+    return _value_at(data, dotted) is not _MISSING
 
 
 def _cell_hash(cfg: TrialConfig, searched: dict[str, Any]) -> str:

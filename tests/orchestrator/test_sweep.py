@@ -8,6 +8,7 @@ the driver and a worker are SIGKILLed, and an out-of-memory error is a real
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -19,6 +20,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -474,29 +476,11 @@ def test_a_damaged_or_locked_optuna_database_is_one_clear_error_and_resume_works
     assert done.returncode == 0 and "1 trials already ended" in done.stdout
 
 
-def test_a_read_only_runs_root_is_one_clear_error(sweep_spec, tmp_path: Path) -> None:
-    spec = sweep_spec("readonly", storage={"tracking": None})
-    mount = tmp_path / "ro"
+@contextlib.contextmanager
+def tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``mount`` with ``options`` (mounting needs root: skipped where refused)."""
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        done = qsweep("run", str(spec), root=mount / "runs")
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-    err = " ".join(done.stderr.split())
-    assert done.returncode == 4 and "Read-only file system" in err and "choose a writable --root" in err
-    assert "Traceback" not in err
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 16 MiB tmpfs (mounting needs root: skipped where it is refused)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
@@ -504,6 +488,22 @@ def small_disk(tmp_path: Path):
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_read_only_runs_root_is_one_clear_error(sweep_spec, tmp_path: Path) -> None:
+    spec = sweep_spec("readonly", storage={"tracking": None})
+    with tmpfs(tmp_path / "ro", "size=1m,ro") as mount:
+        done = qsweep("run", str(spec), root=mount / "runs")
+    err = " ".join(done.stderr.split())
+    assert done.returncode == 4 and "Read-only file system" in err and "choose a writable --root" in err
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs."""
+    with tmpfs(tmp_path / "disk", "size=16m") as mount:
+        yield mount
 
 
 def test_a_disk_that_fills_up_mid_sweep_stops_it_clearly_and_resume_finishes_it(
