@@ -27,6 +27,8 @@ _MESSAGES = (  # SQLite's words (through sqlite3, SQLAlchemy, Optuna or MLflow),
     ("no space left on device", "full"),
     ("did not take the trial's step metrics", "unreachable"),  # qsweep's, trial.runner
     ("cannot reach the mlflow tracking server", "unreachable"),
+    ("connection refused", "unreachable"),  # an MLflow server or database that went away
+    ("max retries exceeded", "unreachable"),
 )
 
 

@@ -213,6 +213,10 @@ def test_the_words_of_each_fault_are_recognized() -> None:
     assert fault_kind(OSError(errno.EROFS, "Read-only file system")) == "read-only"
     assert fault_kind(sqlite3.DatabaseError("database disk image is malformed")) == "damaged"
     assert fault_kind(sqlite3.OperationalError("database is locked")) == "locked"
+    refused = ("API request to http://127.0.0.1:1/api/2.0/mlflow/runs/create failed with exception "
+               "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url: ... [Errno 111] "
+               "Connection refused")
+    assert fault_kind(RuntimeError(refused)) == "unreachable"  # the driver's MLflow writes, mid-sweep
     assert fault_kind(ValueError("not valid JSON")) is None
 
 
