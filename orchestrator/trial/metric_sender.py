@@ -29,11 +29,13 @@ class MetricSender:
     Args:
         tracker: has ``log_metrics(metrics, step)`` (the trial's MLflow run).
         workdir: the trial's work directory (the journal's home).
+        config_hash: the trial config's identity; the journal's lines of another config (an
+            out-of-memory retry's larger micro-batch) are never sent.
         retry_s: seconds between attempts while sending fails.
     """
 
-    def __init__(self, tracker: Any, workdir: Path, retry_s: float = 5.0):
-        self.tracker, self.retry_s = tracker, retry_s
+    def __init__(self, tracker: Any, workdir: Path, config_hash: str, retry_s: float = 5.0):
+        self.tracker, self.retry_s, self.config_hash = tracker, retry_s, config_hash
         self.journal = Path(workdir) / JOURNAL
         self.journal.parent.mkdir(parents=True, exist_ok=True)
         self._queue: queue.Queue[tuple[dict[str, float], int] | None] = queue.Queue()
@@ -48,7 +50,7 @@ class MetricSender:
     def send(self, metrics: dict[str, float], step: int) -> None:
         """Journal ``metrics`` of ``step`` and queue them for MLflow."""
         with open(self.journal, "a", encoding="utf-8") as sink:
-            sink.write(json.dumps({"step": step, "metrics": metrics}) + "\n")
+            sink.write(json.dumps({"step": step, "config": self.config_hash, "metrics": metrics}) + "\n")
         self._enqueue(metrics, step)
 
     def backfill(self, logged: dict[str, int]) -> int:
@@ -60,6 +62,8 @@ class MetricSender:
                 entry = json.loads(line)
             except ValueError:
                 continue  # a line cut short by a crash
+            if entry.get("config") != self.config_hash:
+                continue
             missing = {k: v for k, v in entry["metrics"].items() if entry["step"] > logged.get(k, 0)}
             if missing:
                 self._enqueue(missing, entry["step"])

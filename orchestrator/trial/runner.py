@@ -264,7 +264,7 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
         latest = tracker.latest_metric_steps()  # what a retried run logged before
         if not footprint.keys() <= latest.keys():
             tracker.log_metrics(footprint, step=0)
-        sender = MetricSender(tracker, workdir)
+        sender = MetricSender(tracker, workdir, cfg.content_hash())
         # steps an earlier attempt trained while MLflow was away: sent now, not trained again
         logged = max(latest.get("train/loss", 0), sender.backfill(latest))
     with phases.phase("wait"):

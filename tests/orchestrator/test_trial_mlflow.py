@@ -305,3 +305,30 @@ def test_an_mlflow_outage_longer_than_the_client_retries_loses_no_step(
     resumed = run_trial(cfg, MlflowTracker.attach(uri, again.run_id), tmp_path / "work-2")
     assert resumed.status == "finished"
     assert sorted(m.step for m in client.get_metric_history(again.run_id, "train/loss")) == list(range(1, 31))
+
+
+def test_the_metric_journal_sends_only_what_mlflow_lacks_of_this_config(tmp_path: Path) -> None:
+    from qsweep.orchestrator.trial.metric_sender import MetricSender
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.logged: list[tuple[int, dict]] = []
+
+        def log_metrics(self, metrics: dict, step: int) -> None:
+            self.logged.append((step, metrics))
+
+    first = MetricSender(Recorder(), tmp_path, "config-a")
+    for step in (1, 2, 3):
+        first.send({"train/loss": float(step)}, step)
+    assert first.flush(10)
+    first.close()
+    other = MetricSender(Recorder(), tmp_path, "config-b")  # an OOM retry's smaller micro-batch
+    other.send({"train/loss": 9.0}, 1)
+    other.flush(10)
+    other.close()
+    again = Recorder()
+    resumed = MetricSender(again, tmp_path, "config-a")
+    assert resumed.backfill({"train/loss": 1}) == 3  # MLflow had step 1
+    assert resumed.flush(10)
+    resumed.close()
+    assert again.logged == [(2, {"train/loss": 2.0}), (3, {"train/loss": 3.0})]
