@@ -21,11 +21,13 @@ import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
+from qsweep.orchestrator.adapters.storage_faults import check_sqlite
 from qsweep.orchestrator.sweep.planning import StudyPlan
 from qsweep.orchestrator.sweep.spec import (
     Categorical,
@@ -290,9 +292,13 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
 
 
 def check_storage(url: str) -> None:
-    """Fail fast if the Optuna storage cannot be reached (before any trial starts)."""
+    """Fail fast if the Optuna storage cannot be reached, or (SQLite) is damaged or locked,
+    before any trial starts."""
     import sqlalchemy
 
+    if url.startswith("sqlite:///"):
+        check_sqlite(Path(url[len("sqlite:///"):]), "the Optuna database")
+        return
     try:
         engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
         with engine.connect():

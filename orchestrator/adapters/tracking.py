@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from qsweep.orchestrator.adapters.credentials import server_uri
+from qsweep.orchestrator.adapters.storage_faults import check_sqlite
 from qsweep.trainers.errors import TrackingUnavailable
 from qsweep.trainers.hub import PROBE_TIMEOUT_S
 
@@ -109,6 +110,7 @@ def check_reachable(uri: str) -> None:
         except OSError as err:
             raise TrackingUnavailable(f"cannot create the local MLflow store in {folder}: {err}; choose a "
                                       "writable --root (or another tracking store)") from None
+        check_sqlite(Path(uri[len("sqlite:///"):]), "the MLflow database")
         return
     try:
         _client(uri).search_experiments(max_results=1)

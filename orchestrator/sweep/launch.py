@@ -133,16 +133,6 @@ def resolve_storage(plan: Plan, directory: SweepDir, root: Path) -> tuple[str, s
             spec.storage.experiment or base.tracking.experiment)
 
 
-def check_local_databases(optuna_url: str, tracking: str) -> None:
-    """A damaged SQLite database of the sweep (Optuna's, MLflow's local store) is one clear error
-    before anything uses it (``adapters.storage_faults``)."""
-    from qsweep.orchestrator.adapters.storage_faults import check_sqlite
-
-    for url, what in ((optuna_url, "the Optuna database"), (tracking, "the MLflow database")):
-        if url.startswith("sqlite:///"):
-            check_sqlite(Path(url[len("sqlite:///"):]), what)
-
-
 def prepare_sweep(plan: Plan, root: Path) -> PreparedSweep:
     """Check everything cheap, then create (or reopen) the sweep directory."""
     from qsweep.evaluation.harness import check_tasks
@@ -162,9 +152,7 @@ def prepare_sweep(plan: Plan, root: Path) -> PreparedSweep:
                                     "removes some, or changes the search or the objectives; give this spec "
                                     "another name, or remove that directory to start over")], plan.source)
     optuna_url, tracking, experiment = resolve_storage(plan, directory, root)
-    check_local_databases(optuna_url, tracking)
-    if not optuna_url.startswith("sqlite"):
-        check_storage(optuna_url)
+    check_storage(optuna_url)
     check_reachable(tracking)
     evaluations = {cell.config.eval.model_dump_json(): cell.config.eval for cell in plan.cells}
     for evaluation in evaluations.values():

@@ -37,14 +37,14 @@ def run(args: argparse.Namespace) -> int:
     if args.sweep is None:
         return _list_sweeps(args.root)
     directory = sweep_directory(args.sweep, args.root)  # an unknown name fails here, before the imports
-    from qsweep.orchestrator.adapters.search import StudyStore
+    from qsweep.orchestrator.adapters.search import StudyStore, check_storage
     from qsweep.orchestrator.cli.console import console, phases_summary, sweep_summary
-    from qsweep.orchestrator.sweep.launch import check_local_databases, resolve_storage, status_rows
+    from qsweep.orchestrator.sweep.launch import resolve_storage, status_rows
 
     plan = directory.snapshot_plan()
     state = directory.load()
-    optuna_url, tracking, _ = resolve_storage(plan, directory, directory.path.parents[1])
-    check_local_databases(optuna_url, tracking)
+    optuna_url, _, _ = resolve_storage(plan, directory, directory.path.parents[1])
+    check_storage(optuna_url)
     rows = status_rows(plan, StudyStore(optuna_url, plan.spec))
     if args.phases:
         console.print(phases_summary([row for row in rows if row["status"] != "pending"],
