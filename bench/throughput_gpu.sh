@@ -10,6 +10,7 @@
 #                                          # padded on the same short rows
 #   bash bench/throughput_gpu.sh profile   # profile of the compiled step, batch 16, more tokens
 #   bash bench/throughput_gpu.sh adamw     # the fast layout with torch's fused AdamW: trial, unconstrained
+#   bash bench/throughput_gpu.sh defaults  # train.packing: auto, the default, through qsweep trial
 #
 # Results land in $OUT (default bench/results/latest).
 OUT=${OUT:-bench/results/latest}
@@ -86,6 +87,17 @@ case "$1" in
       > "$OUT/trial_fast32_evalfix.log" 2>&1
     timeout 160 python3 bench/trial_gpu.py --variants after --out "$OUT/trial_fast16_adamw.json" --timeout 150 \
       train.micro_batch_size=16 train.grad_accum_steps=1 $FAST > "$OUT/trial_fast16_adamw.log" 2>&1
+    ;;
+  defaults)  # train.packing: auto (the default) through qsweep trial: 32 a step with only the
+             # micro-batch set, against train.packing=false in the same call; the paper's 16 a step
+             # with train.micro_batch_size: auto
+    STEPS="train.max_steps=20 train.grad_accum_steps=1"
+    timeout 170 python3 bench/trial_gpu.py --variants after --out "$OUT/trial_default32.json" --timeout 160 \
+      train.micro_batch_size=32 $STEPS > "$OUT/trial_default32.log" 2>&1
+    timeout 190 python3 bench/trial_gpu.py --variants after --out "$OUT/trial_padded32.json" --timeout 180 \
+      train.micro_batch_size=32 train.packing=false $STEPS > "$OUT/trial_padded32.log" 2>&1
+    timeout 170 python3 bench/trial_gpu.py --variants after --out "$OUT/trial_auto16.json" --timeout 160 \
+      train.micro_batch_size=auto train.batch_size=16 $STEPS > "$OUT/trial_auto16.log" 2>&1
     ;;
   seq1024)
     timeout 200 python3 bench/train_throughput.py --model-dir /tmp/llama3-8b --steps 8 \

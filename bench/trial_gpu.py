@@ -66,6 +66,8 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
         row["metrics"] = {k: v for k, v in run.data.metrics.items()
                           if k in ("eval/mmlu_offline/acc", "eval/perplexity", "train/mean_tokens_per_s",
                                    "train/peak_memory_bytes", "train/final_loss")}
+        row["chosen"] = {k: v for k, v in run.data.params.items()  # what auto settings chose
+                         if k.startswith(("train.applied_", "train.chosen_"))}
         row.update(steady_throughput(client, run.info.run_id, args.skip_steps))
         row["system_metrics"] = {k: v for k, v in run.data.metrics.items() if k.startswith("system/")}
     return row

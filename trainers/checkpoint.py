@@ -51,6 +51,8 @@ class TrainerState:
     """The identity settings of the run that wrote it (to explain a mismatch)."""
     micro_batch_size: int | None = None
     """The micro-batch it trained with (a resumed ``micro_batch_size: auto`` run keeps it)."""
+    packed: bool | None = None
+    """Whether it packed its micro-batches (a resumed ``packing: auto`` run keeps it)."""
 
 
 def checkpoint_root(workdir: Path) -> Path:

@@ -208,11 +208,16 @@ class TrainConfig(ConfigSection):
     loss is normalized by the step's target tokens, the same loss and gradients up to float
     rounding (with lora.dropout > 0 the dropout masks fall differently). Helps only with
     grad_accum_steps > 1."""
-    packing: bool = False
+    packing: bool | Literal["auto"] = "auto"
     """Lay each micro-batch's examples end to end in one row without padding, each attending
     only to itself (on CUDA through torch's variable-length Flash Attention): the same targets
-    and, up to float rounding, the same loss and gradients as padding. Pays where examples are
-    short and of varied lengths (see bench/README.md)."""
+    and, up to float rounding, the same loss and gradients as padding. auto: pack where it
+    measured faster (bench/README.md, "Packing a micro-batch into one row": 1.4-2.5x on short
+    examples), that is a micro-batch of several examples on a CUDA GPU of compute capability 8.0
+    or later, a model whose attention goes through transformers' attention interface and no
+    attention dropout; otherwise pad, with the reason logged. What auto chose is recorded on the
+    run (``train.applied_packing``) and kept by a resumed run. auto and false share one config
+    identity (packing changes float rounding only); true has its own, as before auto existed."""
     learning_rate: float = Field(2e-4, gt=0)
     """Peak learning rate (paper: 2e-4 for 7B/13B, 1e-4 above)."""
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
@@ -416,10 +421,11 @@ class TrainingConfig(BaseModel):
                 flat[f"{section}.{key}"] = value
         return flat
 
-    ADDED_TRAIN_OPTIONS: ClassVar[dict[str, Any]] = {"group_by_length": False, "kernels": "none",
-                                                   "packing": False, "fp32_embeddings": True}
-    """Train options added after trials were recorded, with the value that leaves training as
-    it was: left out of the identity at that value."""
+    ADDED_TRAIN_OPTIONS: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "group_by_length": (False,), "kernels": ("none",), "packing": (False, "auto"),
+        "fp32_embeddings": (True,)}
+    """Train options added after trials were recorded, with the values that leave training as
+    it was (up to float rounding): left out of the identity at those values."""
 
     def identity(self) -> dict[str, Any]:
         """The settings that define what the trial computes.
@@ -438,8 +444,8 @@ class TrainingConfig(BaseModel):
         # the batch is the micro-batch times the accumulation (unless auto chooses the layout,
         # where the accumulation follows from the choice): one of them says nothing new
         values["train"].pop("grad_accum_steps" if self.train.auto_layout else "batch_size")
-        for key, off in self.ADDED_TRAIN_OPTIONS.items():  # so earlier trials keep their hash
-            if values["train"].get(key) == off:
+        for key, neutral in self.ADDED_TRAIN_OPTIONS.items():  # so earlier trials keep their hash
+            if key in values["train"] and values["train"][key] in neutral:
                 values["train"].pop(key)
         return values
 

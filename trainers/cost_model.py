@@ -28,8 +28,8 @@ launching its kernels from the host, not by the GPU: it takes at least
 Tokens: the real tokens of the data when known (``TOKENS_PER_EXAMPLE``: measured for the
 offline data, estimated from published sizes for hub datasets), else the full length (max
 source + max target), an upper bound. A padded micro-batch of several examples computes them
-all at the full length (its longest example sets the row); a packed one (``train.packing``) or
-a micro-batch of one computes only the real tokens.
+all at the full length (its longest example sets the row); a packed one (``train.packing``: true, or
+auto, which packs on the reference GPU) or a micro-batch of one computes only the real tokens.
 """
 
 from __future__ import annotations
@@ -243,7 +243,8 @@ def training_cost(config: TrainingConfig, shape: ModelShape, *, micro_batch_size
             config, shape, micro_batch_size=m, seq_len=seq_len,
             fused_cross_entropy=fused_cross_entropy).peak_bytes <= budget)
     micro = micro_batch_size or train.micro_batch_size
-    seq = seq_len or (real if train.packing or micro == 1 else full)
+    packed = train.packing is not False  # auto packs on the reference GPU (an H100)
+    seq = seq_len or (real if packed or micro == 1 else full)
     tokens_per_micro_batch = micro * seq
     modules = adapted_modules(config.lora.target_modules)
     adapter_params = shape.layers * sum(config.lora.r * (a + b)

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from qsweep.trainers import checkpoint as ckpt
-from qsweep.trainers.config import TrainingConfig
+from qsweep.trainers.config import TrainConfig, TrainingConfig
 from qsweep.trainers.cost_model import GIB, largest_fitting, shape_of, training_cost
 from qsweep.trainers.data_recipes import load_records
 from qsweep.trainers.errors import ResumeMismatch
@@ -61,7 +61,7 @@ from qsweep.trainers.model import (
     resolve_device,
 )
 from qsweep.trainers.optim import build_optimizer, build_scheduler
-from qsweep.trainers.packing import pack, packed_attention, real_tokens
+from qsweep.trainers.packing import PackingChoice, choose_packing, pack, packed_attention, real_tokens
 from qsweep.trainers.phases import PhaseClock
 from qsweep.trainers.status import TrialStatus
 
@@ -168,7 +168,7 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
     config_hash = cfg.content_hash()
     autocast = _autocast(cfg, device)
 
-    step, position, last_loss, kept_micro_batch = 0, 0, None, None
+    step, position, last_loss, kept_micro_batch, kept_packing = 0, 0, None, None, None
     contents, damaged = ckpt.newest_intact(workdir, device) if resume else (None, [])
     for problem in damaged:
         log.warning("damaged checkpoint %s: set aside", problem)
@@ -177,12 +177,16 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
         state = ckpt.restore(contents, model, optimizer, scheduler)
         del contents  # its optimizer state is a second copy until restored
         step, position, last_loss = state.step, state.position, state.last_loss
-        kept_micro_batch = state.micro_batch_size
+        kept_micro_batch, kept_packing = state.micro_batch_size, state.packed
         log.info("resuming from step %d", step)
     elif damaged:
         log.warning("no intact checkpoint left: training starts over from step 0")
     resumed_from = step
-    layout = choose_layout(cfg, setup, device, autocast, kept=kept_micro_batch)
+    packing = choose_packing(train_cfg.packing, several_per_micro_batch(train_cfg), device, model)
+    if kept_packing is not None and kept_packing != packing.packed:
+        packing = PackingChoice(kept_packing, "kept from the checkpoint")
+    packed = packing.packed
+    layout = choose_layout(cfg, setup, device, autocast, kept=kept_micro_batch, packed=packed)
     micro, accum = layout.micro_batch_size, layout.grad_accum_steps
     if train_cfg.auto_layout:
         log.info("micro-batch %d x %d accumulation steps (%s)", micro, accum, layout.chosen)
@@ -190,11 +194,13 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
     else:
         order = BatchOrder(len(setup.examples), micro, train_cfg.seed)
 
-    make_batch = batch_maker(cfg, qlora.tokenizer)
-    if train_cfg.packing:
-        log.info("packing: each micro-batch in one row, attention per example (%s)",
+    make_batch = batch_maker(packed, qlora.tokenizer)
+    if packed:
+        log.info("packing: each micro-batch in one row, attention per example (%s; %s)",
                  "torch's variable-length Flash Attention" if device.type == "cuda"
-                 else "SDPA, one example at a time")
+                 else "SDPA, one example at a time", packing.why)
+    elif train_cfg.packing == "auto":
+        log.info("padding each micro-batch to its longest example (packing %s)", packing.why)
     meter = MemoryMeter(device)
     meter.reset()
     lengths = [len(example.input_ids) for example in setup.examples]
@@ -216,7 +222,7 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
         loss_total = torch.zeros((), device=device)
         for batch in batches:
             batch = to_device(batch, device)
-            with packed_attention(model, train_cfg.packing):
+            with packed_attention(model, packed):
                 with autocast:
                     # Keep only the loss: holding the output would keep the logits (the largest
                     # activation) alive through the backward pass.
@@ -258,7 +264,8 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
         every = train_cfg.checkpoint_every
         if every and (step % every == 0 or step == train_cfg.max_steps):
             state = ckpt.TrainerState(step=step, position=position, last_loss=last_loss,
-                                      config_hash=config_hash, config=cfg.identity(), micro_batch_size=micro)
+                                      config_hash=config_hash, config=cfg.identity(), micro_batch_size=micro,
+                                      packed=packed)
             ckpt.save_checkpoint(workdir, model, optimizer, scheduler, state,
                                  keep=train_cfg.keep_checkpoints, final=step == train_cfg.max_steps)
 
@@ -282,12 +289,20 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
         train_time_s=train_time,
         micro_batch_size=micro,
         grad_accum_steps=accum,
+        packed=packed,
         history=history,
     )
 
 
+def several_per_micro_batch(train_cfg: TrainConfig) -> bool:
+    """Whether a micro-batch can hold more than one example (else packing has nothing to do)."""
+    if train_cfg.auto_layout:
+        return (train_cfg.batch_size or 1) > 1
+    return train_cfg.micro_batch_size > 1
+
+
 def choose_layout(cfg: TrainingConfig, setup: TrainingSetup, device: torch.device, autocast: Any,
-                  kept: int | None = None) -> BatchLayout:
+                  kept: int | None = None, packed: bool = False) -> BatchLayout:
     """The run's micro-batch and accumulation: the config's, or with ``micro_batch_size: auto``
     the checkpoint's (``kept``) or the largest that fits (see :mod:`qsweep.trainers.layout`)."""
     train_cfg = cfg.train
@@ -303,8 +318,8 @@ def choose_layout(cfg: TrainingConfig, setup: TrainingSetup, device: torch.devic
     by_length = sorted(setup.examples, key=lambda example: -len(example.input_ids))
     longest = by_length[0]
     seq_len = len(longest.input_ids)
-    packing = train_cfg.packing
-    make_batch = batch_maker(cfg, setup.qlora.tokenizer)
+    packing = packed
+    make_batch = batch_maker(packed, setup.qlora.tokenizer)
 
     def worst_case(micro: int) -> list[Example]:
         # the most memory a micro-batch can take: padded, micro rows of the longest example;
@@ -340,10 +355,10 @@ def choose_layout(cfg: TrainingConfig, setup: TrainingSetup, device: torch.devic
     return BatchLayout(micro, batch // micro, f"auto: {found}, budget {budget / GIB:.1f} GiB")
 
 
-def batch_maker(cfg: TrainingConfig, tokenizer: Any) -> Callable[[list[Example]], dict[str, Any]]:
-    """How a micro-batch's examples become model inputs: packed in one row (``train.packing``)
-    or right-padded to the longest."""
-    if cfg.train.packing:
+def batch_maker(packed: bool, tokenizer: Any) -> Callable[[list[Example]], dict[str, Any]]:
+    """How a micro-batch's examples become model inputs: packed in one row (see
+    :func:`~qsweep.trainers.packing.choose_packing`) or right-padded to the longest."""
+    if packed:
         return pack
     pad_id = tokenizer.pad_token_id
     return lambda examples: collate(examples, pad_id)

@@ -59,6 +59,8 @@ class TrainResult:
     micro_batch_size: int = 0
     """The micro-batch it trained with (chosen when ``train.micro_batch_size`` is auto)."""
     grad_accum_steps: int = 0
+    packed: bool = False
+    """Whether it packed its micro-batches (chosen when ``train.packing`` is auto)."""
     history: list[StepMetrics] = field(default_factory=list, repr=False)
     """Metrics of the steps this process ran."""
     damaged_checkpoints: list[str] = field(default_factory=list)

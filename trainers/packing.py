@@ -13,6 +13,12 @@ first label is ignored, so no token learns to predict the next example; the targ
 of the padded layout, one for one. The attention is installed only around a packed
 micro-batch's forward and backward passes (:func:`packed_attention`): evaluation and any other
 use of the model see its usual attention (and a padded batch inside it gets SDPA with its mask).
+
+Whether a run packs (:func:`choose_packing`): as ``train.packing`` says when it is true or
+false; with ``auto`` (the default), wherever packing measured faster than padding
+(bench/README.md, "Packing a micro-batch into one row"): a micro-batch of several examples on a
+CUDA GPU that runs torch's variable-length Flash Attention, for a model whose attention goes
+through transformers' attention interface, without attention dropout.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import contextlib
 import functools
 import inspect
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,6 +36,45 @@ from qsweep.trainers.examples import IGNORE_INDEX, Example
 
 PACKED_ATTENTION = "qsweep_packed"
 """The name under which transformers' attention registry knows :func:`packed_attention_forward`."""
+
+
+@dataclass(frozen=True)
+class PackingChoice:
+    """Whether a run packs its micro-batches, and why (logged, and recorded on the run)."""
+
+    packed: bool
+    why: str
+
+
+def choose_packing(setting: bool | str, several_per_micro_batch: bool, device: torch.device,
+                   model: Any) -> PackingChoice:
+    """``train.packing`` for this run: true or false as configured; ``auto`` packs where it pays
+    and the kernel runs (see the module docstring), and says what ruled it out otherwise."""
+    if setting != "auto":
+        return PackingChoice(bool(setting), "configured")
+    reason = _why_not_packed(several_per_micro_batch, device, model)
+    if reason:
+        return PackingChoice(False, f"auto: not packed, {reason}")
+    return PackingChoice(True, "auto: packed, torch's variable-length Flash Attention on CUDA")
+
+
+def _why_not_packed(several_per_micro_batch: bool, device: torch.device, model: Any) -> str | None:
+    if not several_per_micro_batch:
+        return "one example a micro-batch (nothing to pack)"
+    if device.type != "cuda":
+        return f"on {device.type} (the variable-length attention kernel is CUDA's)"
+    if torch.cuda.get_device_capability(device) < (8, 0):
+        return "Flash Attention needs a GPU of compute capability 8.0 or later"
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return f"torch {torch.__version__} has no torch.nn.attention.varlen (2.10 or later has)"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(type(base), "_supports_attention_backend", False):
+        return f"{type(base).__name__} does not take attention through transformers' interface"
+    if getattr(base.config, "attention_dropout", 0.0):
+        return "the model's attention dropout is not 0"
+    return None
 
 
 def pack(examples: list[Example]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -322,15 +323,18 @@ def _compute(cfg: TrialConfig, data: Any, tracker: Tracker, workdir: Path, phase
     finally:
         evaluating = phases.seconds.get("intermediate_eval", 0.0) - evaluating_before
         phases.add("train", phases.clock() - began - evaluating)
-        sent = sender.flush(METRICS_FLUSH_S)
+        waited = metrics_wait_s()
+        sent = sender.flush(waited)
         sender.close()
     if not sent:
         raise TrackingUnavailable(f"the MLflow tracking store did not take the trial's step metrics for "
-                                  f"{METRICS_FLUSH_S:.0f} s ({sender.last_error}); they wait in "
+                                  f"{waited:.0f} s ({sender.last_error}); they wait in "
                                   f"{sender.journal} and are sent when the trial runs again")
     if cfg.train.auto_layout:  # what auto chose (a resumed run chooses the same)
         tracker.log_params({"train.chosen_micro_batch_size": trained.micro_batch_size,
                             "train.chosen_grad_accum_steps": trained.grad_accum_steps})
+    if cfg.train.packing == "auto":  # what auto chose on this machine (a resumed run keeps it)
+        tracker.log_params({"train.applied_packing": trained.packed})
     if cfg.train.kernels != "none":  # what the machine allowed
         tracker.log_params({"train.applied_kernels": qlora.kernels})
     if trained.damaged_checkpoints:  # set aside when resuming: the run says so
@@ -377,7 +381,25 @@ def _baseline(cfg: TrialConfig, tracker: Tracker, workdir: Path, phases: PhaseCl
 
 METRICS_FLUSH_S = 600.0
 """How long a trial that finished training waits for MLflow to take its step metrics (an outage
-longer than that ends the trial; its metrics wait in its journal for the next run)."""
+longer than that ends the trial; its metrics wait in its journal for the next run), unless
+``QSWEEP_METRICS_WAIT_S`` says otherwise."""
+METRICS_WAIT_ENV = "QSWEEP_METRICS_WAIT_S"
+
+
+def metrics_wait_s() -> float:
+    """:data:`METRICS_FLUSH_S`, or the seconds ``QSWEEP_METRICS_WAIT_S`` sets (a number >= 0)."""
+    value = os.environ.get(METRICS_WAIT_ENV, "").strip()
+    if not value:
+        return METRICS_FLUSH_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also NaN
+        log.warning("%s=%r is not a number of seconds >= 0: waiting %.0f s", METRICS_WAIT_ENV, value,
+                    METRICS_FLUSH_S)
+        return METRICS_FLUSH_S
+    return seconds
 
 EVAL_KINDS = {"loglikelihood": "choices", "rolling": "perplexity", "generate": "generation"}
 """How an evaluation progress row names lm-eval's request types."""

@@ -61,7 +61,9 @@ def test_run_holds_params_tags_and_complete_metric_histories(finished_trial, mlf
             return json.dumps(value)
         return "null" if value is None else str(value)
 
-    assert run.data.params == {k: encoded(v) for k, v in cfg.flat().items()}
+    assert cfg.train.packing == "auto"  # the default: what it chose on this machine is recorded
+    expected = {k: encoded(v) for k, v in cfg.flat().items()}
+    assert run.data.params == {**expected, "train.applied_packing": "False"}
     assert run.data.params["quant.type"] == "nf4" and run.data.params["lora.r"] == "8"
 
     losses = client.get_metric_history(tracker.run_id, "train/loss")
@@ -273,7 +275,6 @@ def test_an_mlflow_outage_longer_than_the_client_retries_loses_no_step(
     second outage outlasts the trial: the trial ends unrecorded, its step metrics wait in its
     journal, and the same trial run again (once the server is back) sends them — every step
     logged exactly once."""
-    import qsweep.orchestrator.trial.runner as runner
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
@@ -296,7 +297,7 @@ def test_an_mlflow_outage_longer_than_the_client_retries_loses_no_step(
     logged = [m.step for m in client.get_metric_history(tracker.run_id, "train/loss")]
     assert sorted(logged) == list(range(1, 31))
 
-    monkeypatch.setattr(runner, "METRICS_FLUSH_S", 2.0)
+    monkeypatch.setenv("QSWEEP_METRICS_WAIT_S", "2")
     again = MlflowTracker.start(uri, "outage", "outlasting")
     with pytest.raises(Exception, match="did not take the trial's step metrics"):
         run_trial(cfg, again, tmp_path / "work-2", on_step=outage(5, None))

@@ -10,9 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from qsweep.trainers import checkpoint as ckpt
 from qsweep.trainers.examples import IGNORE_INDEX, BatchOrder, collate, group_by_length
+from qsweep.trainers.hashing import sha256_file
 from qsweep.trainers.loop import prepare, train
-from qsweep.trainers.packing import PACKED_ATTENTION, pack, packed_attention, real_tokens
+from qsweep.trainers.packing import (
+    PACKED_ATTENTION,
+    PackingChoice,
+    choose_packing,
+    pack,
+    packed_attention,
+    real_tokens,
+)
 
 
 def padding(micro_batches: list[list[int]], lengths: list[int]) -> int:
@@ -276,10 +285,53 @@ def test_outside_a_packed_pass_the_model_attends_as_before(tiny_config, varied_d
     torch.testing.assert_close(fallback, usual)
 
 
-def test_packing_off_keeps_the_hash_of_configs_written_before_it(tiny_config, varied_data: Path) -> None:
-    off, on = tiny_config(**layout(varied_data)), tiny_config(**layout(varied_data, packing=True))
-    assert "packing" not in off.identity()["train"]
+def test_packing_auto_and_off_share_the_hash_of_configs_written_before_packing(tiny_config,
+                                                                             varied_data: Path) -> None:
+    off, auto, on = (tiny_config(**layout(varied_data, packing=value)) for value in (False, "auto", True))
+    assert tiny_config(**layout(varied_data)).train.packing == "auto"  # the default
+    assert "packing" not in off.identity()["train"] and "packing" not in auto.identity()["train"]
+    assert auto.content_hash() == off.content_hash()
     assert on.identity()["train"]["packing"] is True and on.content_hash() != off.content_hash()
+
+
+def test_packing_auto_packs_only_where_it_pays_and_says_why(tiny_config, varied_data: Path,
+                                                             tmp_path: Path) -> None:
+    setup = prepare(tiny_config(**layout(varied_data)))
+    model, cpu = setup.qlora.model, torch.device("cpu")
+    assert choose_packing(True, False, cpu, model) == PackingChoice(True, "configured")
+    assert choose_packing(False, True, cpu, model) == PackingChoice(False, "configured")
+    one = choose_packing("auto", False, cpu, model)
+    assert not one.packed and "one example a micro-batch" in one.why
+    on_cpu = choose_packing("auto", True, cpu, model)
+    assert not on_cpu.packed and "on cpu" in on_cpu.why
+    result = train(tiny_config(**layout(varied_data, max_steps=2)), tmp_path / "auto")
+    assert result.packed is False and result.micro_batch_size == 2
+
+
+def test_a_resumed_auto_run_keeps_the_packing_its_checkpoint_recorded(tiny_config, varied_data: Path,
+                                                                       tmp_path: Path) -> None:
+    """A run that packed (on a GPU) and resumes elsewhere goes on packing: its micro-batch was
+    chosen for packed rows. Here the checkpoint of a CPU run is rewritten to say it packed."""
+    cfg = tiny_config(**layout(varied_data, checkpoint_every=2))
+    with pytest.raises(Crash):
+        train(cfg, tmp_path, lambda metrics: _raise(Crash) if metrics.step == 3 else None)
+    newest = ckpt.latest_checkpoint(tmp_path)
+    state = json.loads((newest / ckpt.STATE_FILE).read_text())
+    assert state["packed"] is False
+    state["packed"] = True
+    (newest / ckpt.STATE_FILE).write_text(json.dumps(state))
+    manifest = json.loads((newest / ckpt.MANIFEST_FILE).read_text())
+    manifest[ckpt.STATE_FILE] = {"bytes": (newest / ckpt.STATE_FILE).stat().st_size,
+                                 "sha256": sha256_file(newest / ckpt.STATE_FILE)}
+    (newest / ckpt.MANIFEST_FILE).write_text(json.dumps(manifest))
+    resumed = train(cfg, tmp_path)
+    assert resumed.resumed_from_step == 2 and resumed.packed is True
+    packed = train(tiny_config(**layout(varied_data, packing=True)), tmp_path / "packed")
+    assert [m.loss for m in resumed.history] == pytest.approx([m.loss for m in packed.history[2:]], rel=1e-4)
+
+
+def _raise(error: type[Exception]) -> None:
+    raise error
 
 
 def checkpointed_layers(setup) -> list[bool]:
