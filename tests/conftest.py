@@ -157,17 +157,20 @@ def launch_server(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Pop
         stop(process)
 
 
-def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
+def start_mlflow_server(root: Path, port: int, app: str | None = None,
+                        env: dict[str, str] | None = None) -> subprocess.Popen:
     """A real ``mlflow server`` (SQLite backend and artifacts in ``root``, artifact proxy) on
     loopback ``port``, once it answers; stop it with :func:`stop` (and start it again on the same
-    store and port to end an outage)."""
+    store and port to end an outage). ``app``: an MLflow server app (``basic-auth``), with its
+    settings in ``env``."""
     root.mkdir(parents=True, exist_ok=True)
     log = root / f"server-{time.monotonic_ns()}.log"
     command = [sys.executable, "-m", "mlflow", "server",
                "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               *(["--app-name", app] if app else [])]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
     with open(log, "w") as sink:
         server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
                                   start_new_session=True)
@@ -200,6 +203,23 @@ def restartable_mlflow(tmp_path: Path) -> Iterator[RestartableServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def mlflow_server_in() -> Iterator[Callable[..., str]]:
+    """Start a real MLflow server whose store lies in a folder of the test's choosing:
+    ``start(root, app=None, env=None)`` (see :func:`start_mlflow_server`) returns its URI; it is
+    stopped after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(root: Path, app: str | None = None, env: dict[str, str] | None = None) -> str:
+        port = free_port()
+        started.append(start_mlflow_server(root, port, app, env))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server in started:
+        stop(server)
 
 
 @pytest.fixture(scope="session")

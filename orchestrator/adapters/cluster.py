@@ -32,8 +32,10 @@ log = logging.getLogger("qsweep")
 NAMESPACE = "qsweep"
 REPORT_TIMEOUT_S = 600.0
 """How long a worker waits for the pruner's decision before it carries on."""
-FORWARDED_PREFIXES = ("QSWEEP_FAULT_",)
-"""Driver environment variables that trials receive (test-only fault injection)."""
+FORWARDED_PREFIXES = ("QSWEEP_FAULT_", "QSWEEP_METRICS_WAIT_S", "MLFLOW_HTTP_REQUEST_")
+"""Driver environment variables that trials receive on any cluster: test-only fault injection,
+how long a trial waits for MLflow, and MLflow's client settings of retries and timeouts (never
+credentials: Ray may write a task's environment into its logs)."""
 
 
 class TrialCrashed(Exception):

@@ -9,6 +9,7 @@ damaged SQLite database before a sweep uses it.
 from __future__ import annotations
 
 import errno
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -16,6 +17,10 @@ from pathlib import Path
 from qsweep.trainers.errors import StorageFault
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_SERVER_ERROR = re.compile(r"too many (5\d\d) error responses|failed with error code (5\d\d)")
+"""An MLflow server that answered a write with an error of its own: its store failed (MLflow's
+client says only the status; the server's log says why)."""
+_API_REQUEST = re.compile(r"API request to (https?://[^/\s]+)(/\S*)")
 _MESSAGES = (  # SQLite's words (through sqlite3, SQLAlchemy, Optuna or MLflow), what they mean
     ("database or disk is full", "full"),
     ("disk i/o error", "io"),
@@ -52,6 +57,8 @@ def _fault(err: BaseException) -> tuple[str, BaseException] | None:
         if isinstance(link, OSError) and link.errno == errno.EROFS:
             return "read-only", link
         text = str(link).lower()
+        if _SERVER_ERROR.search(text) and _API_REQUEST.search(str(link)):
+            return "server", link
         for words, kind in _MESSAGES:
             if words in text:
                 return kind, link
@@ -59,8 +66,9 @@ def _fault(err: BaseException) -> tuple[str, BaseException] | None:
 
 
 def fault_kind(err: BaseException) -> str | None:
-    """``full``, ``read-only``, ``damaged``, ``locked``, ``unreachable`` or ``io`` when ``err``
-    (or an exception behind it) is a storage fault; None otherwise."""
+    """``full``, ``read-only``, ``damaged``, ``locked``, ``unreachable``, ``server`` (an MLflow
+    server that answered with an error of its own) or ``io`` when ``err`` (or an exception behind
+    it) is a storage fault; None otherwise."""
     found = _fault(err)
     return found[0] if found else None
 
@@ -99,6 +107,12 @@ def storage_fault(err: BaseException, root: Path, stores: str, resume: str) -> S
         todo = "restore it from a backup, or run the spec under another name"
     elif kind == "locked":
         what, todo = f"a database stayed locked ({detail})", "stop the other program that holds it"
+    elif kind == "server":
+        request, status = _API_REQUEST.search(str(link)), _SERVER_ERROR.search(str(link).lower())
+        what = (f"the MLflow server at {request.group(1)} answered HTTP {status.group(1) or status.group(2)} "
+                f"to {request.group(2)}: it could not store what was sent (its own database or disk, "
+                "most likely; the server's log says why)")
+        todo = "fix the server's store"
     elif kind == "unreachable":
         what, todo = f"a store stayed out of reach ({detail})", "bring it back"
     else:

@@ -26,9 +26,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from qsweep.orchestrator.adapters.credentials import server_uri
+from qsweep.orchestrator.adapters.credentials import MLFLOW_PASSWORD_ENV, MLFLOW_USER_ENV, server_uri
 from qsweep.orchestrator.adapters.storage_faults import check_sqlite
-from qsweep.trainers.errors import TrackingUnavailable
+from qsweep.trainers.errors import ConfigError, TrackingUnavailable
 from qsweep.trainers.hub import PROBE_TIMEOUT_S
 
 log = logging.getLogger("qsweep")
@@ -84,24 +84,29 @@ def local_artifact_root(uri: str, root: Path | None = None) -> str | None:
     return None
 
 
-def check_reachable(uri: str) -> None:
-    """Fail fast, before any training, if the tracking store cannot be used."""
+def check_reachable(uri: str, key: str = "tracking.uri", source: str | None = None) -> None:
+    """Fail fast, before any training, if the tracking store cannot be used.
+
+    Raises:
+        TrackingUnavailable: the store cannot be reached or opened.
+        ConfigError: an MLflow server refused the credentials (``key`` names the setting).
+    """
     uri = server_uri(uri)
     if uri.startswith(("http://", "https://")):
         health = uri.rstrip("/") + "/health"
         try:
             urllib.request.urlopen(health, timeout=PROBE_TIMEOUT_S)  # noqa: S310 (http only)
         except urllib.error.HTTPError as err:
-            if err.code in (401, 403):
-                return  # reachable; authentication is MLflow's to check
-            raise TrackingUnavailable(f"MLflow tracking server {redact(uri)} answered "
-                                      f"{err.code} to {redact(health)}") from None
+            if err.code not in (401, 403):  # those: reachable; the credentials are checked below
+                raise TrackingUnavailable(f"MLflow tracking server {redact(uri)} answered "
+                                          f"{err.code} to {redact(health)}") from None
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise TrackingUnavailable(
                 f"cannot reach the MLflow tracking server at {redact(uri)} ({reason}); start it "
                 "or set tracking.uri to another store (unset, runs are recorded locally)"
             ) from None
+        _check_credentials(uri, key, source)
         return
     if uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///"):]).parent
@@ -117,6 +122,25 @@ def check_reachable(uri: str) -> None:
     except Exception as err:  # noqa: BLE001 - any failure here means "unusable store"
         raise TrackingUnavailable(f"cannot use the MLflow tracking store {redact(uri)}: "
                                   f"{type(err).__name__}") from None
+
+
+def _check_credentials(uri: str, key: str, source: str | None) -> None:
+    """One request that needs them, as the runs will make (MLflow's client sends the user and
+    password of the URI or of ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _client(uri).search_experiments(max_results=1)
+    except MlflowException as err:
+        status = err.get_http_status_code()
+        if status not in (401, 403):
+            return  # not about credentials: the runs' own requests say what it is
+        user = os.environ.get(MLFLOW_USER_ENV)
+        refused = ("refused the credentials (HTTP 401)" if status == 401 else
+                   f"refused user {user!r} access to experiments (HTTP 403)")
+        raise ConfigError([(key, f"the MLflow tracking server at {redact(uri)} {refused}: give the user "
+                                 "and password in the URI (http://user:password@host:port) or in "
+                                 f"{MLFLOW_USER_ENV} and {MLFLOW_PASSWORD_ENV}")], source) from None
 
 
 @functools.cache

@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     from qsweep.trainers.errors import QsweepError
 
     try:
+        if getattr(args, "credentials", None) is not None:
+            from qsweep.orchestrator.adapters.credentials import load_credentials_file
+
+            load_credentials_file(args.credentials)
         return args.handler(args)
     except QsweepError as err:
         print_error(str(err))

@@ -153,7 +153,7 @@ def prepare_sweep(plan: Plan, root: Path) -> PreparedSweep:
                                     "another name, or remove that directory to start over")], plan.source)
     optuna_url, tracking, experiment = resolve_storage(plan, directory, root)
     check_storage(optuna_url)
-    check_reachable(tracking)
+    check_reachable(tracking, "storage.tracking", plan.source)
     evaluations = {cell.config.eval.model_dump_json(): cell.config.eval for cell in plan.cells}
     for evaluation in evaluations.values():
         if evaluation.tasks:

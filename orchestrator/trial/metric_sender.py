@@ -110,7 +110,7 @@ class MetricSender:
                         log.warning("MLflow cannot take the step metrics (%s); training goes on, they "
                                     "wait in %s and are sent when it is back", type(err).__name__,
                                     self.journal)
-                    first_line = (str(err).splitlines() or [""])[0][:200]
+                    first_line = (str(err).splitlines() or [""])[0][:500]  # MLflow says the status last
                     self.last_error = f"{type(err).__name__}: {first_line}"
                     if self._closing.wait(self.retry_s):
                         return  # closing: what is unsent stays in the journal

@@ -4,13 +4,15 @@ command line returns, in one place, with its message and no traceback."""
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 import qsweep.orchestrator.cli.commands.plan as plan_command
 import sqlalchemy
 import yaml
-from qsweep.orchestrator.adapters.storage_faults import fault_kind
+from qsweep.orchestrator.adapters.storage_faults import fault_kind, storage_fault
 from qsweep.orchestrator.cli.main import main
 from qsweep.trainers import errors
 from qsweep.trainers.errors import (
@@ -217,6 +219,15 @@ def test_the_words_of_each_fault_are_recognized() -> None:
                "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url: ... [Errno 111] "
                "Connection refused")
     assert fault_kind(RuntimeError(refused)) == "unreachable"  # the driver's MLflow writes, mid-sweep
+    store_failed = ("API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/log-metric failed with "
+                    "exception HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded with "
+                    "url: /api/2.0/mlflow/runs/log-metric (Caused by ResponseError('too many 503 error "
+                    "responses'))")
+    assert fault_kind(RuntimeError(store_failed)) == "server"  # the server's own database or disk
+    said = str(storage_fault(RuntimeError(store_failed), Path("/runs"), "MLflow at http://127.0.0.1:5000",
+                             "qsweep resume s --root /runs"))
+    assert said.startswith("the MLflow server at http://127.0.0.1:5000 answered HTTP 503 to "
+                           "/api/2.0/mlflow/runs/log-metric: it could not store what was sent")
     assert fault_kind(ValueError("not valid JSON")) is None
 
 
@@ -236,3 +247,24 @@ def test_a_damaged_spec_snapshot_is_named_as_such(tmp_path, capsys) -> None:
         err = " ".join(capsys.readouterr().err.split())
         said = f"the sweep directory's spec snapshot {directory.spec_file} is damaged (trial.eval: must be"
         assert said in err and "qsweep run SPEC" in err
+
+
+def test_a_credentials_file_sets_only_credentials_and_only_when_private(tmp_path, monkeypatch,
+                                                                       capsys) -> None:
+    from qsweep.orchestrator.adapters.credentials import load_credentials_file
+
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "from-the-environment")
+    good = tmp_path / "good.env"
+    good.write_text("# the team's MLflow\nMLFLOW_TRACKING_USERNAME=alice\nMLFLOW_TRACKING_PASSWORD='p w#1'\n")
+    good.chmod(0o600)
+    assert load_credentials_file(good) == ["MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME"]
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "p w#1"
+    typo = tmp_path / "typo.env"
+    typo.write_text("MLFLOW_TRACKING_PASSWROD=x\n")
+    typo.chmod(0o600)
+    with pytest.raises(errors.ConfigError, match="MLFLOW_TRACKING_PASSWROD: not a credential qsweep reads"):
+        load_credentials_file(typo)
+    assert main(["status", "--credentials", str(tmp_path / "missing.env"), "--root", str(tmp_path)]) == 2
+    assert "--credentials: cannot read" in capsys.readouterr().err

@@ -446,6 +446,64 @@ def test_credentials_never_reach_the_disk_and_resume_takes_them_from_the_environ
     assert "1 trials already ended" in done.stdout
 
 
+def test_credentialed_mlflow_uris_work_against_a_server_that_enforces_basic_auth(
+        sweep_spec, ray_cluster, mlflow_server_in, tmp_path: Path, monkeypatch) -> None:
+    """MLflow's basic-auth app refuses anyone without the password. A wrong password in the
+    spec's URI is one clear error before anything starts; the right one runs the sweep; after
+    the driver is killed mid-trial, resume has the password only from a credentials file
+    (``--credentials``; refused while others may read it), as the sweep directory keeps it
+    masked, and the trial, on a cluster that never saw the password, finishes in its run. The
+    password reaches no file of the runs root and no output."""
+    password = f"pw-{uuid.uuid4().hex[:12]}"
+    config = tmp_path / "basic_auth.ini"
+    config.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                      f"database_uri = sqlite:///{tmp_path / 'users.db'}\nadmin_username = admin\n"
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    settings = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex}
+    uri = mlflow_server_in(tmp_path / "auth-mlflow", app="basic-auth", env=settings)
+    with pytest.raises(Exception, match="401|[Uu]nauthorized|credentials"):
+        MlflowClient(uri).search_experiments()  # the server does enforce it
+    root = tmp_path / "runs"
+
+    wrong = sweep_spec("authwrong", seeds=[0],
+                       storage={"tracking": uri.replace("http://", "http://admin:wrong-pw-x7@")})
+    done = qsweep("run", str(wrong), "--address", ray_cluster, root=root)
+    err = " ".join(done.stderr.split())
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "storage.tracking" in err and "refused the credentials" in err and "Traceback" not in err
+    assert "wrong-pw-x7" not in done.stdout + done.stderr
+    assert not (root / "sweeps" / "authwrong" / "optuna.db").exists()
+
+    spec = sweep_spec("auth", seeds=[0], train={"max_steps": 40, "checkpoint_every": 2},
+                      storage={"tracking": uri.replace("http://", f"http://admin:{password}@")})
+    unset = {"MLFLOW_TRACKING_USERNAME": "", "MLFLOW_TRACKING_PASSWORD": ""}
+    driver = subprocess.Popen([QSWEEP, "run", str(spec), "--address", ray_cluster, "--root", str(root)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "COLUMNS": "250", **unset})
+    wait_for(lambda: list(root.glob("sweeps/auth/trials/*/checkpoints/step-*/trainer_state.json")),
+             what="the trial's first checkpoint")
+    driver.kill()
+    out, err = driver.communicate(timeout=60)
+    credentials = tmp_path / "mlflow.env"
+    credentials.write_text(f"MLFLOW_TRACKING_PASSWORD={password}\n")
+    credentials.chmod(0o644)
+    resume = ["resume", "auth", "--address", ray_cluster, "--credentials", str(credentials)]
+    refused = qsweep(*resume, root=root, env=unset)
+    assert refused.returncode == 2 and "others may read it (mode 0644): chmod 600" in refused.stderr
+    credentials.chmod(0o600)
+    done = qsweep(*resume, root=root, env=unset)
+    assert done.returncode == 0, done.stderr
+    assert password not in out + err + refused.stdout + refused.stderr + done.stdout + done.stderr
+    leaked = [p for p in root.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    assert not leaked, leaked
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    client = MlflowClient(uri)
+    (run,) = assert_exactly_once(root, "auth", client, "sweep-auth", cells=1, seeds=1)
+    assert metric_steps(client, run.info.run_id) == list(range(1, 41))
+
+
 def test_a_damaged_or_locked_optuna_database_is_one_clear_error_and_resume_works_after(
         sweep_spec, ray_cluster, tmp_path: Path) -> None:
     spec = sweep_spec("damaged", seeds=[0])
@@ -518,14 +576,7 @@ def test_a_disk_that_fills_up_mid_sweep_stops_it_clearly_and_resume_finishes_it(
                               env={**os.environ, "COLUMNS": "250"})
     wait_for(lambda: list(root.glob("sweeps/full/trials/*/checkpoints/step-*/trainer_state.json")),
              what="the trial's first checkpoint")
-    filler = small_disk / f"filler-{uuid.uuid4().hex}"
-    with open(filler, "wb") as sink:
-        try:
-            while True:
-                sink.write(b"\0" * (1 << 16))
-                sink.flush()
-        except OSError as err:
-            assert err.errno == errno.ENOSPC
+    filler = fill(small_disk)
     out, err = driver.communicate(timeout=600)
     message = " ".join(err.split())
     assert driver.returncode == 4, out[-2000:] + err[-2000:]
@@ -541,6 +592,69 @@ def test_a_disk_that_fills_up_mid_sweep_stops_it_clearly_and_resume_finishes_it(
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert len(steps) == len(set(steps)), key
     assert metric_steps(client, run.info.run_id) == list(range(1, 61))
+
+
+def fill(disk: Path) -> Path:
+    """Write zeros to ``disk`` until it is full; the file that holds them."""
+    filler = disk / f"filler-{uuid.uuid4().hex}"
+    with open(filler, "wb") as sink:
+        try:
+            while True:
+                sink.write(b"\0" * (1 << 16))
+                sink.flush()
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+    return filler
+
+
+def test_an_mlflow_server_that_cannot_write_its_store_stops_the_sweep_clearly_and_resume_finishes_it(
+        sweep_spec, ray_cluster, small_disk: Path, mlflow_server_in, tmp_path: Path) -> None:
+    """The MLflow server's own store (SQLite and artifacts) on a small disk that fills up while
+    a trial trains: the server answers every write with an error, the trial keeps training, and
+    the sweep ends with exit code 4, naming the server; so does the sweep grown by a seed before
+    the cause is fixed, at the driver's own first write to MLflow; with space freed, the sweep
+    finishes each trial exactly once (the first from its checkpoint), every step's metrics in
+    MLflow once. The trials get the driver's settings
+    of MLflow's client (no retries) and of the wait for MLflow (5 s instead of 10 minutes)."""
+    uri = mlflow_server_in(small_disk / "mlflow")
+    spec = sweep_spec("storefull", seeds=[0], train={"max_steps": 60, "checkpoint_every": 2},
+                      storage={"tracking": uri})
+    root = tmp_path / "runs"
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+             "QSWEEP_METRICS_WAIT_S": "5"}
+    driver = subprocess.Popen([QSWEEP, "run", str(spec), "--address", ray_cluster, "--root", str(root)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "COLUMNS": "250", **quick})
+    wait_for(lambda: list(root.glob("sweeps/storefull/trials/*/checkpoints/step-*/trainer_state.json")),
+             what="the trial's first checkpoint")
+    filler = fill(small_disk)
+    out, err = driver.communicate(timeout=600)
+    message = " ".join(err.split())
+    assert driver.returncode == 4, out[-3000:] + err[-3000:]
+    assert f"the MLflow server at {uri} answered HTTP 5" in message, message
+    assert "it could not store what was sent" in message
+    assert "Traceback" not in message
+    assert f"then run `qsweep resume storefull --root {root}`" in message
+    # the driver's own writes: the sweep grown by a seed before the cause is fixed stops when
+    # the driver creates the new trial's run
+    grown = sweep_spec("storefull", seeds=[0, 1], train={"max_steps": 60, "checkpoint_every": 2},
+                       storage={"tracking": uri})
+    again = qsweep("run", str(grown), "--address", ray_cluster, root=root, env=quick)  # ~8 s: before
+    # any trial's worker has imported torch, so the write that failed is the driver's
+    message = " ".join(again.stderr.split())
+    assert again.returncode == 4 and "Traceback" not in message, message
+    assert f"the MLflow server at {uri} answered HTTP 5" in message
+    assert "/api/2.0/mlflow/runs/" in message
+    filler.unlink()
+    done = qsweep("run", str(grown), "--address", ray_cluster, root=root, env=quick)
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(uri)
+    runs = assert_exactly_once(root, "storefull", client, "sweep-storefull", cells=1, seeds=2)
+    for run in runs:
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), key
+        assert metric_steps(client, run.info.run_id) == list(range(1, 61))
 
 
 def assert_consistent_so_far(root: Path, name: str, client: MlflowClient, experiment: str,

@@ -17,6 +17,13 @@ def help_text(doc: str | None) -> dict[str, object]:
     return {"description": text.strip(), "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
+def add_credentials_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--credentials", type=Path, metavar="FILE",
+                        help="a file of NAME=value lines (readable by you only) that sets QSWEEP_OPTUNA_URL, "
+                             "QSWEEP_TRACKING_URL, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD or "
+                             "MLFLOW_TRACKING_TOKEN for this command, instead of the environment")
+
+
 def add_trust_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow a spec that sets model.trust_remote_code: true (runs code from the "

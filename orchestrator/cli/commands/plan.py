@@ -19,7 +19,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, add_trust_flag, gate_remote_code, help_text
+from qsweep.orchestrator.cli.commands import (
+    DEFAULT_ROOT,
+    add_credentials_option,
+    add_trust_flag,
+    gate_remote_code,
+    help_text,
+)
 
 
 def add_parser(commands: Any) -> None:
@@ -33,6 +39,7 @@ def add_parser(commands: Any) -> None:
                              "answer differently (else assumed)")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"runs root (default {DEFAULT_ROOT})")
     add_trust_flag(parser)
+    add_credentials_option(parser)
     parser.add_argument("--tracking-uri", help="MLflow store of a pilot run elsewhere")
     parser.add_argument("--experiment", help="MLflow experiment of a pilot run elsewhere")
     parser.set_defaults(handler=run)
@@ -94,7 +101,7 @@ def pilot_discordance(args: argparse.Namespace, config: Any) -> float:
     where = argparse.Namespace(root=args.root, sweep=args.pilot, tracking_uri=args.tracking_uri,
                                experiment=args.experiment)
     uri, experiment, _ = sweep_store(where)
-    check_reachable(uri)
+    check_reachable(uri, "storage.tracking")
     share = discordance_of(read_sweep(uri, experiment, args.pilot, [metric]), metric)
     if share is None:
         raise ReportError(f"pilot sweep {args.pilot!r}: no two finished trials of one seed recorded the "

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, help_text
+from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, add_credentials_option, help_text
 
 
 def add_parser(commands: Any) -> None:
@@ -34,6 +34,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--compare", nargs=2, metavar=("ROW_A", "ROW_B"), help="paired test of two rows")
     parser.add_argument("--name", help="file stem of the outputs")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"runs root (default {DEFAULT_ROOT})")
+    add_credentials_option(parser)
     parser.add_argument("--tracking-uri", help="MLflow store of a sweep run elsewhere "
                                                "(default: the local sweep's, else $MLFLOW_TRACKING_URI)")
     parser.add_argument("--experiment",
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise ReportError("the sweep's spec has no reports section: give --preset (table2, table4) or "
                           "--rows and --metric")
-    check_reachable(uri)
+    check_reachable(uri, "storage.tracking")
     publish(uri, experiment, args.sweep, layouts, args.out or args.root / "reports" / args.sweep,
             log=not args.no_log)
     return 0

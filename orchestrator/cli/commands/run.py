@@ -15,7 +15,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, add_trust_flag, gate_remote_code, help_text
+from qsweep.orchestrator.cli.commands import (
+    DEFAULT_ROOT,
+    add_credentials_option,
+    add_trust_flag,
+    gate_remote_code,
+    help_text,
+)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +36,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=None,
                         help="trials at a time (default: the spec's, else what the cluster holds)")
     add_trust_flag(parser)
+    add_credentials_option(parser)
     parser.add_argument("--retry-failed", action="store_true",
                         help="run the sweep's failed trials again, each continuing its MLflow run and "
                              "work directory (a new Optuna trial of the same parameters takes its place)")

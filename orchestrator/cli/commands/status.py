@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, help_text
+from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, add_credentials_option, help_text
 
 
 def add_parser(commands: Any) -> None:
@@ -26,6 +26,7 @@ def add_parser(commands: Any) -> None:
                                                  "none: list the sweeps under --root")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
                         help=f"runs root holding sweeps/ (default {DEFAULT_ROOT})")
+    add_credentials_option(parser)
     parser.add_argument("--phases", action="store_true",
                         help="show each trial's time per phase (start, load, evaluations, training)")
     parser.set_defaults(handler=run)

@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, help_text
+from qsweep.orchestrator.cli.commands import DEFAULT_ROOT, add_credentials_option, help_text
 
 
 def add_parser(commands: Any) -> None:
@@ -26,6 +26,7 @@ def add_parser(commands: Any) -> None:
                         help="dotted overrides, e.g. lora.r=16 eval.limit=5")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
                         help=f"runs root: work directories, local MLflow store (default {DEFAULT_ROOT})")
+    add_credentials_option(parser)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="work directory (default: <root>/trials/<config>-<hash>)")
     parser.set_defaults(handler=run)
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     trial_hash = cfg.content_hash()
     workdir = (args.workdir or root / "trials" / f"{args.config.stem}-{trial_hash[:8]}").resolve()
     uri = resolve_uri(cfg.tracking.uri, root)
-    check_reachable(uri)
+    check_reachable(uri, "tracking.uri", str(args.config))
     if cfg.eval.tasks:
         check_tasks(cfg.eval)
     if cfg.eval.needs_hub:
