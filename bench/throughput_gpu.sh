@@ -11,6 +11,7 @@
 #   bash bench/throughput_gpu.sh profile   # profile of the compiled step, batch 16, more tokens
 #   bash bench/throughput_gpu.sh adamw     # the fast layout with torch's fused AdamW: trial, unconstrained
 #   bash bench/throughput_gpu.sh defaults  # train.packing: auto, the default, through qsweep trial
+#   bash bench/throughput_gpu.sh defaults-again  # the same pair twice more, alternating
 #
 # Results land in $OUT (default bench/results/latest).
 OUT=${OUT:-bench/results/latest}
@@ -98,6 +99,15 @@ case "$1" in
       train.micro_batch_size=32 train.packing=false $STEPS > "$OUT/trial_padded32.log" 2>&1
     timeout 170 python3 bench/trial_gpu.py --variants after --out "$OUT/trial_auto16.json" --timeout 160 \
       train.micro_batch_size=auto train.batch_size=16 $STEPS > "$OUT/trial_auto16.log" 2>&1
+    ;;
+  defaults-again)  # the same pair twice more, alternating and padded first (the machine's drift)
+    STEPS="train.max_steps=20 train.grad_accum_steps=1 train.micro_batch_size=32"
+    for round in 1 2; do
+      timeout 120 python3 bench/trial_gpu.py --variants after --out "$OUT/trial_padded32_r$round.json" \
+        --timeout 110 $STEPS train.packing=false > "$OUT/trial_padded32_r$round.log" 2>&1
+      timeout 100 python3 bench/trial_gpu.py --variants after --out "$OUT/trial_default32_r$round.json" \
+        --timeout 90 $STEPS > "$OUT/trial_default32_r$round.log" 2>&1
+    done
     ;;
   seq1024)
     timeout 200 python3 bench/train_throughput.py --model-dir /tmp/llama3-8b --steps 8 \

@@ -132,6 +132,17 @@ def checkpoints_settled(root: Path):
     return settled
 
 
+def run_until_first_checkpoint(spec: Path, name: str, cluster: str, root: Path,
+                               env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``qsweep run`` in the background, returned once a trial of it has written a checkpoint."""
+    driver = subprocess.Popen([QSWEEP, "run", str(spec), "--address", cluster, "--root", str(root)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "COLUMNS": "250", **(env or {})})
+    wait_for(lambda: list(root.glob(f"sweeps/{name}/trials/*/checkpoints/step-*/trainer_state.json")),
+             what="the trial's first checkpoint")
+    return driver
+
+
 def metric_steps(client: MlflowClient, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
 
@@ -412,62 +423,33 @@ def test_a_local_cluster_listens_on_loopback_only(sweep_spec, tmp_path: Path) ->
     assert not exposed, f"listening beyond loopback: {sorted(exposed)}"
 
 
-def test_credentials_never_reach_the_disk_and_resume_takes_them_from_the_environment(
-        sweep_spec, ray_cluster, mlflow_server, postgres_url, tmp_path: Path) -> None:
-    """A spec whose Optuna URL and MLflow server URI carry passwords runs (the MLflow one as
-    HTTP basic authentication); the sweep directory keeps them masked, in files only its owner
-    reads; resume asks the environment for them, and says which variable when it is unset."""
-    secret = "s3cret-pw"
-    optuna_url = postgres_url.replace("postgres@", f"postgres:{secret}@")
-    tracking = mlflow_server.replace("http://", f"http://alice:{secret}@")
-    spec = sweep_spec("secret", grid={"lora.r": [4]}, seeds=[0],
-                      storage={"optuna": optuna_url, "tracking": tracking})
-    root = tmp_path / "runs"
-    done = qsweep("run", str(spec), "--address", ray_cluster, root=root)
-    assert done.returncode == 0, done.stderr
-    assert secret not in done.stdout + done.stderr
-    sweep = root / "sweeps" / "secret"
-    leaked = [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
-    assert not leaked, leaked
-    snapshot = yaml.safe_load((sweep / "spec.yaml").read_text())["storage"]
-    assert snapshot["optuna"] == postgres_url.replace("postgres@", "postgres:***@")
-    assert snapshot["tracking"] == mlflow_server.replace("http://", "http://alice:***@")
-    for name in ("spec.yaml", "sweep.json"):
-        assert (sweep / name).stat().st_mode & 0o777 == 0o600, name
+def test_credentials_work_against_a_server_that_enforces_them_and_never_reach_the_disk(
+        sweep_spec, ray_cluster, mlflow_server_in, postgres_url, tmp_path: Path, monkeypatch) -> None:
+    """A spec's Optuna URL and MLflow server URI carry passwords; the MLflow server is MLflow's
+    basic-auth app, which refuses anyone without the password.
 
-    unset = {"QSWEEP_OPTUNA_URL": "", "MLFLOW_TRACKING_PASSWORD": ""}
-    done = qsweep("resume", "secret", "--address", ray_cluster, root=root, env=unset)
-    err = " ".join(done.stderr.split())
-    assert done.returncode == 2 and "storage.optuna: the sweep directory keeps" in err
-    assert "set QSWEEP_OPTUNA_URL to the whole URL" in err and secret not in err
-    done = qsweep("resume", "secret", "--address", ray_cluster, root=root,
-                  env={"QSWEEP_OPTUNA_URL": optuna_url, "MLFLOW_TRACKING_PASSWORD": secret})
-    assert done.returncode == 0, done.stderr
-    assert "1 trials already ended" in done.stdout
-
-
-def test_credentialed_mlflow_uris_work_against_a_server_that_enforces_basic_auth(
-        sweep_spec, ray_cluster, mlflow_server_in, tmp_path: Path, monkeypatch) -> None:
-    """MLflow's basic-auth app refuses anyone without the password. A wrong password in the
-    spec's URI is one clear error before anything starts; the right one runs the sweep; after
-    the driver is killed mid-trial, resume has the password only from a credentials file
-    (``--credentials``; refused while others may read it), as the sweep directory keeps it
-    masked, and the trial, on a cluster that never saw the password, finishes in its run. The
-    password reaches no file of the runs root and no output."""
-    password = f"pw-{uuid.uuid4().hex[:12]}"
+    * A wrong MLflow password is one clear error (exit code 2, the key named) before anything
+      starts.
+    * The right ones run the sweep; the sweep directory keeps them masked, in files only their
+      owner reads.
+    * The driver is killed mid-trial. Resume without the passwords says which variable to set;
+      with them from a credentials file (``--credentials``; refused while others may read it),
+      the trial, on a cluster that never saw them, finishes in its run.
+    * No password reaches any output or any file of the runs root."""
+    secret = f"pw-{uuid.uuid4().hex[:12]}"
     config = tmp_path / "basic_auth.ini"
     config.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
                       f"database_uri = sqlite:///{tmp_path / 'users.db'}\nadmin_username = admin\n"
                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    settings = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+    settings = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": secret,
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex}
-    uri = mlflow_server_in(tmp_path / "auth-mlflow", app="basic-auth", env=settings)
+    mlflow_uri = mlflow_server_in(tmp_path / "auth-mlflow", app="basic-auth", env=settings)
     with pytest.raises(Exception, match="401|[Uu]nauthorized|credentials"):
-        MlflowClient(uri).search_experiments()  # the server does enforce it
+        MlflowClient(mlflow_uri).search_experiments()  # the server does enforce it
     root = tmp_path / "runs"
 
     wrong = sweep_spec("authwrong", seeds=[0],
-                       storage={"tracking": uri.replace("http://", "http://admin:wrong-pw-x7@")})
+                       storage={"tracking": mlflow_uri.replace("http://", "http://admin:wrong-pw-x7@")})
     done = qsweep("run", str(wrong), "--address", ray_cluster, root=root)
     err = " ".join(done.stderr.split())
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
@@ -475,32 +457,42 @@ def test_credentialed_mlflow_uris_work_against_a_server_that_enforces_basic_auth
     assert "wrong-pw-x7" not in done.stdout + done.stderr
     assert not (root / "sweeps" / "authwrong" / "optuna.db").exists()
 
-    spec = sweep_spec("auth", seeds=[0], train={"max_steps": 40, "checkpoint_every": 2},
-                      storage={"tracking": uri.replace("http://", f"http://admin:{password}@")})
-    unset = {"MLFLOW_TRACKING_USERNAME": "", "MLFLOW_TRACKING_PASSWORD": ""}
-    driver = subprocess.Popen([QSWEEP, "run", str(spec), "--address", ray_cluster, "--root", str(root)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "COLUMNS": "250", **unset})
-    wait_for(lambda: list(root.glob("sweeps/auth/trials/*/checkpoints/step-*/trainer_state.json")),
-             what="the trial's first checkpoint")
+    optuna_url = postgres_url.replace("postgres@", f"postgres:{secret}@")
+    tracking = mlflow_uri.replace("http://", f"http://admin:{secret}@")
+    spec = sweep_spec("secret", seeds=[0], train={"max_steps": 40, "checkpoint_every": 2},
+                      storage={"optuna": optuna_url, "tracking": tracking})
+    unset = {"MLFLOW_TRACKING_USERNAME": "", "MLFLOW_TRACKING_PASSWORD": "", "QSWEEP_OPTUNA_URL": ""}
+    driver = run_until_first_checkpoint(spec, "secret", ray_cluster, root, unset)
     driver.kill()
     out, err = driver.communicate(timeout=60)
-    credentials = tmp_path / "mlflow.env"
-    credentials.write_text(f"MLFLOW_TRACKING_PASSWORD={password}\n")
+    sweep = root / "sweeps" / "secret"
+    snapshot = yaml.safe_load((sweep / "spec.yaml").read_text())["storage"]
+    assert snapshot["optuna"] == postgres_url.replace("postgres@", "postgres:***@")
+    assert snapshot["tracking"] == mlflow_uri.replace("http://", "http://admin:***@")
+    for name in ("spec.yaml", "sweep.json"):
+        assert (sweep / name).stat().st_mode & 0o777 == 0o600, name
+
+    resume = ["resume", "secret", "--address", ray_cluster]
+    no_password = qsweep(*resume, root=root, env=unset)
+    said = " ".join(no_password.stderr.split())
+    assert no_password.returncode == 2 and "storage.optuna: the sweep directory keeps" in said
+    assert "set QSWEEP_OPTUNA_URL to the whole URL" in said
+    credentials = tmp_path / "stores.env"
+    credentials.write_text(f"QSWEEP_OPTUNA_URL={optuna_url}\nMLFLOW_TRACKING_PASSWORD={secret}\n")
     credentials.chmod(0o644)
-    resume = ["resume", "auth", "--address", ray_cluster, "--credentials", str(credentials)]
-    refused = qsweep(*resume, root=root, env=unset)
+    refused = qsweep(*resume, "--credentials", str(credentials), root=root, env=unset)
     assert refused.returncode == 2 and "others may read it (mode 0644): chmod 600" in refused.stderr
     credentials.chmod(0o600)
-    done = qsweep(*resume, root=root, env=unset)
+    done = qsweep(*resume, "--credentials", str(credentials), root=root, env=unset)
     assert done.returncode == 0, done.stderr
-    assert password not in out + err + refused.stdout + refused.stderr + done.stdout + done.stderr
-    leaked = [p for p in root.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    outputs = [out, err] + [p.stdout + p.stderr for p in (no_password, refused, done)]
+    assert not [text for text in outputs if secret in text]
+    leaked = [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert not leaked, leaked
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
-    client = MlflowClient(uri)
-    (run,) = assert_exactly_once(root, "auth", client, "sweep-auth", cells=1, seeds=1)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+    client = MlflowClient(mlflow_uri)
+    (run,) = assert_exactly_once(root, "secret", client, "sweep-secret", cells=1, seeds=1, storage=optuna_url)
     assert metric_steps(client, run.info.run_id) == list(range(1, 41))
 
 
@@ -571,11 +563,7 @@ def test_a_disk_that_fills_up_mid_sweep_stops_it_clearly_and_resume_finishes_it(
     exactly once, from its checkpoint, with no metric step logged twice."""
     spec = sweep_spec("full", seeds=[0], train={"max_steps": 60, "checkpoint_every": 2})
     root = small_disk / "runs"
-    driver = subprocess.Popen([QSWEEP, "run", str(spec), "--address", ray_cluster, "--root", str(root)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "COLUMNS": "250"})
-    wait_for(lambda: list(root.glob("sweeps/full/trials/*/checkpoints/step-*/trainer_state.json")),
-             what="the trial's first checkpoint")
+    driver = run_until_first_checkpoint(spec, "full", ray_cluster, root)
     filler = fill(small_disk)
     out, err = driver.communicate(timeout=600)
     message = " ".join(err.split())
@@ -622,11 +610,7 @@ def test_an_mlflow_server_that_cannot_write_its_store_stops_the_sweep_clearly_an
     root = tmp_path / "runs"
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
              "QSWEEP_METRICS_WAIT_S": "5"}
-    driver = subprocess.Popen([QSWEEP, "run", str(spec), "--address", ray_cluster, "--root", str(root)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "COLUMNS": "250", **quick})
-    wait_for(lambda: list(root.glob("sweeps/storefull/trials/*/checkpoints/step-*/trainer_state.json")),
-             what="the trial's first checkpoint")
+    driver = run_until_first_checkpoint(spec, "storefull", ray_cluster, root, quick)
     filler = fill(small_disk)
     out, err = driver.communicate(timeout=600)
     message = " ".join(err.split())
@@ -661,7 +645,8 @@ def assert_consistent_so_far(root: Path, name: str, client: MlflowClient, experi
                              context: str) -> None:
     """What must hold after any kill: each (cell, seed) has at most one Optuna trial (running or
     complete), at most one MLflow run, and no run holds a (metric, step) twice."""
-    for study, trials in optuna_trials(f"sqlite:///{root / 'sweeps' / name / 'optuna.db'}").items():
+    database = root / "sweeps" / name / "optuna.db"  # none yet: killed before it was created
+    for study, trials in (optuna_trials(f"sqlite:///{database}") if database.exists() else {}).items():
         states = {t.state.name for t in trials}
         assert len(trials) <= 1 and states <= {"RUNNING", "COMPLETE"}, (context, study, states)
     found = client.get_experiment_by_name(experiment)
