@@ -61,7 +61,7 @@ from qsweep.trainers.model import (
     resolve_device,
 )
 from qsweep.trainers.optim import build_optimizer, build_scheduler
-from qsweep.trainers.packing import PackingChoice, choose_packing, pack, packed_attention, real_tokens
+from qsweep.trainers.packing import choose_packing, pack, packed_attention, real_tokens
 from qsweep.trainers.phases import PhaseClock
 from qsweep.trainers.status import TrialStatus
 
@@ -182,9 +182,8 @@ def fit(setup: TrainingSetup, cfg: TrainingConfig, workdir: Path,
     elif damaged:
         log.warning("no intact checkpoint left: training starts over from step 0")
     resumed_from = step
-    packing = choose_packing(train_cfg.packing, several_per_micro_batch(train_cfg), device, model)
-    if kept_packing is not None and kept_packing != packing.packed:
-        packing = PackingChoice(kept_packing, "kept from the checkpoint")
+    packing = choose_packing(train_cfg.packing, several_per_micro_batch(train_cfg), device, model,
+                             kept=kept_packing)
     packed = packing.packed
     layout = choose_layout(cfg, setup, device, autocast, kept=kept_micro_batch, packed=packed)
     micro, accum = layout.micro_batch_size, layout.grad_accum_steps

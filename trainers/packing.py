@@ -47,12 +47,21 @@ class PackingChoice:
 
 
 def choose_packing(setting: bool | str, several_per_micro_batch: bool, device: torch.device,
-                   model: Any) -> PackingChoice:
+                   model: Any, kept: bool | None = None) -> PackingChoice:
     """``train.packing`` for this run: true or false as configured; ``auto`` packs where it pays
-    and the kernel runs (see the module docstring), and says what ruled it out otherwise."""
+    and the kernel runs (see the module docstring), and says what ruled it out otherwise. A run
+    resumed from a checkpoint of an auto run keeps that run's choice (``kept``; its micro-batch
+    may have been chosen for packed rows) where this machine can run it: anywhere but on a GPU
+    without the kernel."""
     if setting != "auto":
         return PackingChoice(bool(setting), "configured")
     reason = _why_not_packed(several_per_micro_batch, device, model)
+    if kept is not None and kept != (reason is None):
+        if not kept:
+            return PackingChoice(False, "auto: not packed, as the run it resumes did not pack")
+        if device.type != "cuda":
+            return PackingChoice(True, "auto: packed, as the run it resumes did")
+        return PackingChoice(False, f"auto: not packed though the run it resumes did, {reason}")
     if reason:
         return PackingChoice(False, f"auto: not packed, {reason}")
     return PackingChoice(True, "auto: packed, torch's variable-length Flash Attention on CUDA")

@@ -304,6 +304,8 @@ def test_packing_auto_packs_only_where_it_pays_and_says_why(tiny_config, varied_
     assert not one.packed and "one example a micro-batch" in one.why
     on_cpu = choose_packing("auto", True, cpu, model)
     assert not on_cpu.packed and "on cpu" in on_cpu.why
+    assert choose_packing("auto", True, cpu, model, kept=True).packed  # CPU runs packed rows exactly
+    assert choose_packing(False, True, cpu, model, kept=True) == PackingChoice(False, "configured")
     result = train(tiny_config(**layout(varied_data, max_steps=2)), tmp_path / "auto")
     assert result.packed is False and result.micro_batch_size == 2
 
