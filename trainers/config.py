@@ -216,8 +216,9 @@ class TrainConfig(ConfigSection):
     examples), that is a micro-batch of several examples on a CUDA GPU of compute capability 8.0
     or later, a model whose attention goes through transformers' attention interface and no
     attention dropout; otherwise pad, with the reason logged. What auto chose is recorded on the
-    run (``train.applied_packing``) and kept by a resumed run (unless on a GPU that cannot pack). auto and false share one config
-    identity (packing changes float rounding only); true has its own, as before auto existed."""
+    run (``train.applied_packing``) and kept by a resumed run (unless on a GPU that cannot pack).
+    auto and false share one config identity (packing changes float rounding only); true has its
+    own, as before auto existed."""
     learning_rate: float = Field(2e-4, gt=0)
     """Peak learning rate (paper: 2e-4 for 7B/13B, 1e-4 above)."""
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
