@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -153,6 +154,8 @@ def _client(uri: str) -> Any:
 
 
 _experiment_ids: dict[tuple[str, str], str] = {}
+_UNIQUE_VIOLATION = re.compile(r"unique constraint|duplicate entry|duplicate key value", re.IGNORECASE)
+"""SQLite's, MySQL's and PostgreSQL's words for an insert that broke a unique key."""
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -295,13 +298,23 @@ class MlflowTracker:
         from mlflow.data.http_dataset_source import HTTPDatasetSource
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
 
         logged = self.client.get_run(self.run_id).inputs.dataset_inputs
         if any(d.dataset.digest == digest[:36] for d in logged):
             return
         dataset = MetaDataset(HTTPDatasetSource(source), name=name, digest=digest[:36])
         tags = [InputTag(key="mlflow.data.context", value=context)]
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+        inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=tags)]
+        try:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except MlflowException as err:
+            # Runs of one experiment that log the same dataset at once race in the server's
+            # check-then-insert (trials of a sweep resuming together): the loser's insert breaks
+            # the datasets table's unique key. The dataset exists now; a second call links it.
+            if not _UNIQUE_VIOLATION.search(str(err)):
+                raise
+            self.client.log_inputs(self.run_id, datasets=inputs)
 
     @contextlib.contextmanager
     def system_metrics(self, interval_s: float = 5.0) -> Iterator[None]:

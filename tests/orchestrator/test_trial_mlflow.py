@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -333,3 +334,39 @@ def test_the_metric_journal_sends_only_what_mlflow_lacks_of_this_config(tmp_path
     assert resumed.flush(10)
     resumed.close()
     assert again.logged == [(2, {"train/loss": 2.0}), (3, {"train/loss": 3.0})]
+
+
+def test_runs_that_log_one_dataset_at_the_same_moment_all_record_it(mlflow_server) -> None:
+    """Trials of a sweep that resume together log the same dataset into one experiment at once;
+    the server's check-then-insert lets only one of them create it (the others broke its unique
+    key, and failed the trial, before a second call linked the existing one)."""
+    client = MlflowClient(mlflow_server)
+    for attempt in range(3):  # the race is likelier on a fresh experiment: three of them
+        experiment, digest = f"dataset-race-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex * 2
+        trackers = [MlflowTracker.start(mlflow_server, experiment, f"run {i}") for i in range(8)]
+        assert not log_dataset_at_once(trackers, digest), attempt
+        for tracker in trackers:
+            inputs = client.get_run(tracker.run_id).inputs.dataset_inputs
+            assert [d.dataset.digest for d in inputs] == [digest[:36]]
+
+
+def log_dataset_at_once(trackers: list[MlflowTracker], digest: str) -> list[str]:
+    """Each tracker logs the dataset of ``digest`` in a thread of its own, all released at
+    once; the errors."""
+    import threading
+
+    ready, failures = threading.Barrier(len(trackers)), []
+
+    def log(tracker: MlflowTracker) -> None:
+        ready.wait()
+        try:
+            tracker.log_dataset("mmlu-heldout", "qsweep://mmlu-heldout", digest)
+        except Exception as err:  # noqa: BLE001 - collected for the caller
+            failures.append(f"{type(err).__name__}: {str(err)[:200]}")
+
+    threads = [threading.Thread(target=log, args=(tracker,)) for tracker in trackers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return failures
